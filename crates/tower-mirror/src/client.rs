@@ -1,0 +1,127 @@
+//! Sending mirrored requests: the [`Sender`] trait and the default [`HttpSender`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::MirrorBody;
+use crate::error::BoxError;
+
+/// The body of a shadow target's response, as a [`Sender`] returns it.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The future a [`Sender`] returns: the response head, with its body still to be read.
+pub type SendFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send + 'static>>;
+
+/// Sends mirrored requests to their targets.
+///
+/// The layer builds each mirrored request (URL, headers, body) and bounds the exchange with
+/// its timeout; a sender only moves bytes. The default is [`HttpSender`]. Implement this to
+/// route mirrors through your own client, or, in tests and benchmarks, to send nowhere.
+///
+/// An error whose chain holds an [`std::io::Error`] of kind `ConnectionRefused`, or a
+/// `hyper_util` client error that `is_connect()`, is reported as a connect error.
+pub trait Sender: Send + Sync + 'static {
+    /// Sends one mirrored request and resolves to the target's response head.
+    fn send(&self, request: Request<MirrorBody>) -> SendFuture;
+}
+
+impl<F> Sender for F
+where
+    F: Fn(Request<MirrorBody>) -> SendFuture + Send + Sync + 'static,
+{
+    fn send(&self, request: Request<MirrorBody>) -> SendFuture {
+        self(request)
+    }
+}
+
+/// The default [`Sender`]: a pooled hyper client speaking HTTP/1.1 to `http` targets and
+/// HTTP/1.1 or HTTP/2 (as ALPN negotiates) to `https` targets, over rustls with verified
+/// certificates (Mozilla's root store, from `webpki-roots`).
+///
+/// Connections are kept alive and reused; idle ones are closed after 90 s. Redirects are never
+/// followed. Cloning shares the pool.
+#[derive(Clone)]
+pub struct HttpSender {
+    client: Client<HttpsConnector<HttpConnector>, MirrorBody>,
+}
+
+impl HttpSender {
+    /// How long an idle pooled connection is kept.
+    pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+    /// A sender that trusts the Mozilla root certificates.
+    pub fn new() -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        Self::with_root_certificates(roots)
+    }
+
+    /// A sender that trusts exactly the given root certificates, such as a private CA that
+    /// signs a staging environment's certificates.
+    pub fn with_root_certificates(roots: rustls::RootCertStore) -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // An explicit provider, so that another crate enabling a second one cannot make
+        // rustls's process-wide default ambiguous.
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the protocol versions rustls considers safe")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Self::with_tls_config(config)
+    }
+
+    /// A sender using the given rustls configuration for `https` targets (for client
+    /// certificates, custom verification, or a different crypto provider). Its ALPN protocols
+    /// are replaced by `h2` and `http/1.1`.
+    pub fn with_tls_config(config: rustls::ClientConfig) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Self::POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(https);
+        Self { client }
+    }
+}
+
+impl Default for HttpSender {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for HttpSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpSender").finish_non_exhaustive()
+    }
+}
+
+impl Sender for HttpSender {
+    fn send(&self, request: Request<MirrorBody>) -> SendFuture {
+        let response = self.client.request(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))
+        })
+    }
+}

@@ -1,0 +1,291 @@
+//! Dispatch: the state shared by every clone of the layer and service, the decisions made for
+//! each request (eligibility, sampling), and the task that sends one mirror and records its
+//! outcome.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use http::{Method, Request, header};
+use http_body_util::BodyExt;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::body::{MirrorBody, Payload};
+use crate::budget::ByteBudget;
+use crate::client::{ResponseBody, Sender};
+use crate::error::MirrorError;
+use crate::options::{ErrorCallback, Mode, SuccessCallback};
+use crate::request::{self, RequestSnapshot, X_MIRRORED_FROM};
+use crate::response::MirrorResponse;
+use crate::sample::Sampler;
+use crate::stats::{Ineligible, IneligibleCounters, SkipReason, TargetCounters};
+use crate::target::{Base, Target};
+
+/// The most targets one layer supports: sampled targets are kept in a 64-bit set.
+pub(crate) const MAX_TARGETS: usize = 64;
+
+/// How much of a shadow response body is read so that its connection can be reused; a longer
+/// body is dropped unread and its connection closed.
+const DRAIN_LIMIT: usize = 1 << 20;
+
+/// Everything the layer, its services and its mirror tasks share, in one `Arc`.
+pub(crate) struct Shared {
+    pub(crate) targets: Box<[TargetState]>,
+    pub(crate) timeout: Duration,
+    pub(crate) mode: Mode,
+    pub(crate) copy_body: bool,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) loop_guard: bool,
+    pub(crate) capture_response_body: usize,
+    pub(crate) budget: Arc<ByteBudget>,
+    pub(crate) on_error: Option<ErrorCallback>,
+    pub(crate) on_success: Option<SuccessCallback>,
+    pub(crate) sender: Arc<dyn Sender>,
+    pub(crate) not_mirrored: IneligibleCounters,
+    /// Mirrors in flight over all targets, and a wake-up for whoever waits for them to end.
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) idle: Notify,
+}
+
+/// One configured target with its sampling and counters.
+pub(crate) struct TargetState {
+    pub(crate) target: Target,
+    pub(crate) base: Base,
+    pub(crate) sampler: Sampler,
+    pub(crate) counters: TargetCounters,
+}
+
+impl Shared {
+    /// Why this request must not be mirrored, if it must not.
+    pub(crate) fn ineligible<B>(&self, request: &Request<B>) -> Option<Ineligible> {
+        let headers = request.headers();
+        if self.loop_guard && headers.contains_key(X_MIRRORED_FROM) {
+            Some(Ineligible::AlreadyMirrored)
+        } else if request.method() == Method::CONNECT {
+            Some(Ineligible::Connect)
+        } else if headers.contains_key(header::UPGRADE) {
+            Some(Ineligible::Upgrade)
+        } else if !request.uri().path().starts_with('/') {
+            Some(Ineligible::UnsupportedUri)
+        } else {
+            None
+        }
+    }
+
+    /// Advances every target's sampling by one request and returns the targets that take it.
+    ///
+    /// A target already at `max_in_flight` is counted as dropped here, before any work is
+    /// spent on copying the request for it.
+    pub(crate) fn sample(&self) -> TargetSet {
+        let mut chosen = TargetSet::default();
+        for (index, state) in self.targets.iter().enumerate() {
+            if !state.sampler.sample() {
+                continue;
+            }
+            let counters = &state.counters;
+            counters.sampled.fetch_add(1, Ordering::Relaxed);
+            if counters.in_flight.load(Ordering::Relaxed) >= self.max_in_flight {
+                counters.dropped_overload.fetch_add(1, Ordering::Relaxed);
+            } else {
+                chosen.insert(index);
+            }
+        }
+        chosen
+    }
+}
+
+/// A set of target indexes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TargetSet(u64);
+
+impl TargetSet {
+    fn insert(&mut self, index: usize) {
+        self.0 |= 1 << index;
+    }
+
+    pub(crate) fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    fn iter(self) -> impl Iterator<Item = usize> {
+        let mut bits = self.0;
+        std::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let index = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            Some(index)
+        })
+    }
+}
+
+/// Mirrors decided for one request, waiting for its body.
+pub(crate) struct PendingMirror {
+    shared: Arc<Shared>,
+    targets: TargetSet,
+    snapshot: Arc<RequestSnapshot>,
+}
+
+impl PendingMirror {
+    pub(crate) fn new(shared: Arc<Shared>, targets: TargetSet, snapshot: RequestSnapshot) -> Self {
+        Self {
+            shared,
+            targets,
+            snapshot: Arc::new(snapshot),
+        }
+    }
+
+    /// Counts every chosen target as skipped.
+    pub(crate) fn skip(self, reason: SkipReason) {
+        for index in self.targets.iter() {
+            self.shared.targets[index].counters.skip(reason);
+        }
+    }
+
+    /// Spawns one task per chosen target that still has room, and returns their handles (a
+    /// sync-mode request waits on them; async mode lets them go).
+    pub(crate) fn send(self, payload: Option<Arc<Payload>>) -> Vec<JoinHandle<()>> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.skip(SkipReason::NoRuntime);
+            return Vec::new();
+        };
+        let mut tasks = Vec::new();
+        for index in self.targets.iter() {
+            let Some(slot) = InFlight::acquire(&self.shared, index) else {
+                let counters = &self.shared.targets[index].counters;
+                counters.dropped_overload.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let body = payload
+                .clone()
+                .map_or_else(MirrorBody::empty, MirrorBody::from_payload);
+            let snapshot = Arc::clone(&self.snapshot);
+            tasks.push(runtime.spawn(mirror_one(slot, snapshot, body)));
+        }
+        tasks
+    }
+}
+
+/// A place among a target's `max_in_flight`, given back when dropped.
+struct InFlight {
+    shared: Arc<Shared>,
+    index: usize,
+}
+
+impl InFlight {
+    fn acquire(shared: &Arc<Shared>, index: usize) -> Option<Self> {
+        let counter = &shared.targets[index].counters.in_flight;
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < shared.max_in_flight).then_some(n + 1)
+            })
+            .ok()?;
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(Self {
+            shared: Arc::clone(shared),
+            index,
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        shared.targets[self.index]
+            .counters
+            .in_flight
+            .fetch_sub(1, Ordering::AcqRel);
+        if shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            shared.idle.notify_waiters();
+        }
+    }
+}
+
+/// Sends one mirror, records its outcome and tells the callbacks.
+async fn mirror_one(slot: InFlight, snapshot: Arc<RequestSnapshot>, body: MirrorBody) {
+    let shared = &*slot.shared;
+    let state = &shared.targets[slot.index];
+    let counters = &state.counters;
+    counters.sent.fetch_add(1, Ordering::Relaxed);
+    let Some(request) = request::build(&snapshot, &state.base, body) else {
+        // Unreachable: `ineligible` lets only origin-form paths through, and they always join.
+        counters.failed.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    drop(snapshot);
+
+    let outcome = tokio::time::timeout(shared.timeout, exchange(shared, request)).await;
+    // Callbacks run before the counters move, so whoever sees a count also sees its callback.
+    let counter = match outcome {
+        Ok(Ok(response)) => {
+            if let Some(on_success) = &shared.on_success {
+                on_success(&state.target.url, &response);
+            }
+            &counters.responded
+        }
+        Ok(Err(error)) => {
+            if let Some(on_error) = &shared.on_error {
+                on_error(&state.target.url, &error);
+            }
+            &counters.failed
+        }
+        Err(_elapsed) => {
+            if let Some(on_error) = &shared.on_error {
+                on_error(&state.target.url, &MirrorError::timeout(shared.timeout));
+            }
+            &counters.timed_out
+        }
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One exchange: send, receive the head, read the body (keeping what the user asked for).
+async fn exchange(
+    shared: &Shared,
+    request: Request<MirrorBody>,
+) -> Result<MirrorResponse, MirrorError> {
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let started = Instant::now();
+    let response = shared
+        .sender
+        .send(request)
+        .await
+        .map_err(MirrorError::from_send)?;
+    let latency = started.elapsed();
+    let (parts, body) = response.into_parts();
+    let body = drain(body, shared.capture_response_body)
+        .await
+        .map_err(MirrorError::response_body)?;
+    Ok(MirrorResponse {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        method,
+        uri,
+        latency,
+        body: body.freeze(),
+    })
+}
+
+/// Reads a response body so its connection can be reused, keeping its first `capture` bytes.
+async fn drain(mut body: ResponseBody, capture: usize) -> Result<BytesMut, crate::error::BoxError> {
+    let mut captured = BytesMut::new();
+    let mut read = 0usize;
+    let limit = DRAIN_LIMIT.max(capture);
+    while read < limit {
+        let Some(frame) = body.frame().await.transpose()? else {
+            break;
+        };
+        if let Ok(data) = frame.into_data() {
+            read = read.saturating_add(data.len());
+            let room = capture.saturating_sub(captured.len());
+            captured.extend_from_slice(&data[..room.min(data.len())]);
+        }
+    }
+    Ok(captured)
+}

@@ -1,0 +1,232 @@
+//! Errors: configuration errors from building a layer, and the errors a mirrored request can meet.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+/// A boxed error, as returned by a [`Sender`](crate::Sender).
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Why a [`MirrorLayer`](crate::MirrorLayer) could not be built from its configuration.
+///
+/// Every variant that concerns one target names it by its URL as configured, so the message
+/// alone tells which line of a configuration to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No targets were given: a mirror with nowhere to send is a configuration mistake.
+    NoTargets,
+    /// More targets than one layer supports.
+    TooManyTargets {
+        /// How many targets were given.
+        count: usize,
+        /// The most one layer supports.
+        max: usize,
+    },
+    /// A target's URL cannot be used as a base URL.
+    InvalidTarget {
+        /// The URL as configured.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A target's percentage is over 100.
+    PercentageOutOfRange {
+        /// The URL as configured.
+        url: String,
+        /// The percentage as configured.
+        percentage: u32,
+    },
+    /// An option outside the targets has a value the layer cannot work with.
+    InvalidOption {
+        /// The option's field name in [`Options`](crate::Options).
+        option: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoTargets => f.write_str("no mirror targets configured: give at least one"),
+            Self::TooManyTargets { count, max } => {
+                write!(
+                    f,
+                    "{count} mirror targets configured: at most {max} are supported"
+                )
+            }
+            Self::InvalidTarget { url, reason } => {
+                write!(f, "invalid mirror target {url:?}: {reason}")
+            }
+            Self::PercentageOutOfRange { url, percentage } => write!(
+                f,
+                "invalid mirror target {url:?}: percentage {percentage} is over 100"
+            ),
+            Self::InvalidOption { option, reason } => {
+                write!(f, "invalid mirror option `{option}`: {reason}")
+            }
+        }
+    }
+}
+
+impl StdError for ConfigError {}
+
+/// Why a mirrored request did not produce a response.
+///
+/// Passed to [`Options::on_error`](crate::Options::on_error). HTTP error statuses are not
+/// errors: a 5xx from a target is a response and reaches `on_success`.
+#[derive(Debug)]
+pub struct MirrorError {
+    kind: ErrorKind,
+    source: Option<BoxError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorKind {
+    Timeout(Duration),
+    Connect,
+    Request,
+    ResponseBody,
+}
+
+impl MirrorError {
+    pub(crate) fn timeout(after: Duration) -> Self {
+        Self {
+            kind: ErrorKind::Timeout(after),
+            source: None,
+        }
+    }
+
+    /// Classifies an error returned by a [`Sender`](crate::Sender).
+    pub(crate) fn from_send(error: BoxError) -> Self {
+        let kind = if is_connect_error(&*error) {
+            ErrorKind::Connect
+        } else {
+            ErrorKind::Request
+        };
+        Self {
+            kind,
+            source: Some(error),
+        }
+    }
+
+    pub(crate) fn response_body(error: BoxError) -> Self {
+        Self {
+            kind: ErrorKind::ResponseBody,
+            source: Some(error),
+        }
+    }
+
+    /// True when the target did not complete the exchange within the configured timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, ErrorKind::Timeout(_))
+    }
+
+    /// True when no connection to the target could be made (refused, unreachable, DNS, TLS).
+    pub fn is_connect(&self) -> bool {
+        self.kind == ErrorKind::Connect
+    }
+}
+
+/// A connect error is one the sender says happened before the request could be written.
+fn is_connect_error(error: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(err) = current {
+        if let Some(client_err) = err.downcast_ref::<hyper_util::client::legacy::Error>() {
+            if client_err.is_connect() {
+                return true;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as Io;
+            if matches!(
+                io.kind(),
+                Io::ConnectionRefused | Io::HostUnreachable | Io::NetworkUnreachable
+            ) {
+                return true;
+            }
+        }
+        current = err.source();
+    }
+    false
+}
+
+impl fmt::Display for MirrorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            ErrorKind::Timeout(after) => {
+                return write!(f, "mirror request timed out after {after:?}");
+            }
+            ErrorKind::Connect => f.write_str("could not connect to the mirror target")?,
+            ErrorKind::Request => f.write_str("mirror request failed")?,
+            ErrorKind::ResponseBody => f.write_str("reading the mirror response body failed")?,
+        }
+        // The root cause is what a log reader needs ("Connection refused"), and callbacks
+        // usually print only `{}`; `source()` still exposes the whole chain.
+        if let Some(source) = &self.source {
+            let mut root: &(dyn StdError + 'static) = &**source;
+            while let Some(next) = root.source() {
+                root = next;
+            }
+            write!(f, ": {root}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for MirrorError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_io_error_is_a_connect_error() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = MirrorError::from_send(Box::new(io));
+        assert!(err.is_connect());
+        assert!(!err.is_timeout());
+        assert_eq!(
+            err.to_string(),
+            "could not connect to the mirror target: refused"
+        );
+        assert!(err.source().is_some());
+    }
+
+    #[test]
+    fn other_errors_are_request_errors() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let err = MirrorError::from_send(Box::new(io));
+        assert!(!err.is_connect());
+        assert!(!err.is_timeout());
+        assert_eq!(err.to_string(), "mirror request failed: reset");
+    }
+
+    #[test]
+    fn timeout_names_its_duration() {
+        let err = MirrorError::timeout(Duration::from_millis(250));
+        assert!(err.is_timeout());
+        assert!(!err.is_connect());
+        assert_eq!(err.to_string(), "mirror request timed out after 250ms");
+        assert!(err.source().is_none());
+    }
+
+    #[test]
+    fn config_errors_name_the_target() {
+        let err = ConfigError::PercentageOutOfRange {
+            url: "http://a".into(),
+            percentage: 150,
+        };
+        assert_eq!(
+            err.to_string(),
+            "invalid mirror target \"http://a\": percentage 150 is over 100"
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! [`MirrorLayer`]: the configuration, validated once and shared by every service it builds.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use tokio::sync::Notify;
+use tower_layer::Layer;
+
+use crate::budget::ByteBudget;
+use crate::client::HttpSender;
+use crate::dispatch::{MAX_TARGETS, Shared, TargetState};
+use crate::error::ConfigError;
+use crate::options::Options;
+use crate::sample::Sampler;
+use crate::service::Mirror;
+use crate::stats::{IneligibleCounters, MirrorStats, TargetCounters};
+use crate::target::{Base, Target};
+
+/// A [`Layer`] that mirrors requests to shadow targets: see the [crate docs](crate).
+///
+/// Cloning is cheap (one `Arc`), and every clone, like every service it builds, shares the
+/// same targets, sampling counters, in-flight limits, connection pool and statistics.
+#[derive(Clone)]
+pub struct MirrorLayer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl MirrorLayer {
+    /// Mirrors every request to each of `targets`, with the default [`Options`]: asynchronous,
+    /// body copied, 5 s timeout.
+    ///
+    /// ```
+    /// let layer = tower_mirror::MirrorLayer::new(["http://127.0.0.1:4000"])?;
+    /// # Ok::<(), tower_mirror::ConfigError>(())
+    /// ```
+    pub fn new<I>(targets: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        Self::with_options(Options {
+            targets: targets.into_iter().map(Target::new).collect(),
+            ..Options::default()
+        })
+    }
+
+    /// Builds a layer from `options`, checking every target and option.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first target or option that cannot work: no targets, an
+    /// unparsable URL, a scheme other than http/https, a base URL with a query, fragment or
+    /// user information, a percentage over 100, a zero timeout or a zero `max_in_flight`.
+    pub fn with_options(options: Options) -> Result<Self, ConfigError> {
+        if options.targets.is_empty() {
+            return Err(ConfigError::NoTargets);
+        }
+        if options.targets.len() > MAX_TARGETS {
+            return Err(ConfigError::TooManyTargets {
+                count: options.targets.len(),
+                max: MAX_TARGETS,
+            });
+        }
+        let targets = options
+            .targets
+            .into_iter()
+            .map(|target| {
+                let base = Base::parse(&target.url)?;
+                if target.percentage > 100 {
+                    return Err(ConfigError::PercentageOutOfRange {
+                        url: target.url,
+                        percentage: target.percentage,
+                    });
+                }
+                Ok(TargetState {
+                    sampler: Sampler::new(target.percentage),
+                    base,
+                    target,
+                    counters: TargetCounters::default(),
+                })
+            })
+            .collect::<Result<Box<[_]>, _>>()?;
+        if options.timeout.is_zero() {
+            return Err(ConfigError::InvalidOption {
+                option: "timeout",
+                reason: "must be greater than zero",
+            });
+        }
+        if options.max_in_flight == 0 {
+            return Err(ConfigError::InvalidOption {
+                option: "max_in_flight",
+                reason: "must be at least 1",
+            });
+        }
+        let sender = options
+            .sender
+            .unwrap_or_else(|| Arc::new(HttpSender::new()));
+        Ok(Self {
+            shared: Arc::new(Shared {
+                targets,
+                timeout: options.timeout,
+                mode: options.mode,
+                copy_body: options.copy_body,
+                max_body_bytes: options.max_body_bytes,
+                max_in_flight: options.max_in_flight,
+                loop_guard: options.loop_guard,
+                capture_response_body: options.capture_response_body,
+                budget: ByteBudget::new(options.max_buffered_bytes),
+                on_error: options.on_error,
+                on_success: options.on_success,
+                sender,
+                not_mirrored: IneligibleCounters::default(),
+                in_flight: AtomicUsize::new(0),
+                idle: Notify::new(),
+            }),
+        })
+    }
+
+    /// The targets, as configured.
+    pub fn targets(&self) -> impl ExactSizeIterator<Item = &Target> {
+        self.shared.targets.iter().map(|state| &state.target)
+    }
+
+    /// A snapshot of every counter: per target, and of requests not mirrored at all.
+    pub fn stats(&self) -> MirrorStats {
+        self.shared.stats()
+    }
+}
+
+impl Shared {
+    pub(crate) fn stats(&self) -> MirrorStats {
+        MirrorStats {
+            targets: self
+                .targets
+                .iter()
+                .map(|state| state.counters.snapshot(&state.target.url))
+                .collect(),
+            not_mirrored: self.not_mirrored.snapshot(),
+            buffered_bytes: self.budget.used(),
+        }
+    }
+}
+
+impl<S> Layer<S> for MirrorLayer {
+    type Service = Mirror<S>;
+
+    fn layer(&self, inner: S) -> Mirror<S> {
+        Mirror::from_shared(inner, Arc::clone(&self.shared))
+    }
+}
+
+impl fmt::Debug for MirrorLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MirrorLayer")
+            .field("targets", &self.targets().collect::<Vec<_>>())
+            .field("mode", &self.shared.mode)
+            .field("timeout", &self.shared.timeout)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,100 @@
+//! Mirror (shadow) live HTTP requests to other targets — a staging build, a canary, an
+//! analytics sink — without changing or slowing the original request.
+//!
+//! [`MirrorLayer`] is a [`tower` layer](tower_layer::Layer) for axum, hyper and tonic services:
+//!
+//! ```
+//! use axum::{Router, body::Body, http::Request, http::Uri, routing::get};
+//! use tower::ServiceExt;
+//! use tower_mirror::MirrorLayer;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // A shadow target on loopback (think: staging) that reports the paths it receives.
+//!     let (seen, mut shadow_saw) = tokio::sync::mpsc::unbounded_channel();
+//!     let shadow = Router::new().fallback(move |uri: Uri| async move {
+//!         seen.send(uri.to_string()).ok();
+//!     });
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//!     let shadow_url = format!("http://{}", listener.local_addr()?);
+//!     tokio::spawn(async move { axum::serve(listener, shadow).await });
+//!
+//!     // The application: one line mirrors every request to the shadow target.
+//!     let app = Router::new()
+//!         .route("/api/users", get(|| async { "alice, bob" }))
+//!         .layer(MirrorLayer::new([shadow_url])?);
+//!
+//!     // Serve `app` with `axum::serve` as usual; here one request goes through it directly.
+//!     let request = Request::get("/api/users?page=2").body(Body::empty())?;
+//!     let response = app.oneshot(request).await?;
+//!     assert_eq!(response.status(), 200); // the primary answered, untouched
+//!     assert_eq!(shadow_saw.recv().await.as_deref(), Some("/api/users?page=2"));
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # What it does
+//!
+//! For each request, the layer decides whether it is eligible (not `CONNECT`, not a protocol
+//! upgrade, not already a mirror: see [`Options::loop_guard`]), then asks every target's
+//! sampler whether it takes the request. A request no target takes costs a few atomic
+//! operations and goes straight to the inner service.
+//!
+//! For a sampled request, the mirror is a copy: same method, the target's base URL joined
+//! with the original path and query, the original end-to-end headers in order
+//! (hop-by-hop headers, `Proxy-Authorization` and `Expect` are not forwarded), `Host` set to
+//! the target, [`X-Mirrored-From`](X_MIRRORED_FROM) set to the host the original was sent to,
+//! and the original body (unless [`Options::copy_body`] is off). It is sent over HTTP/1.1,
+//! or HTTP/2 where an `https` target negotiates it, through pooled connections. Redirects
+//! are not followed: every response, whatever its status, reaches [`Options::on_success`];
+//! connection errors and timeouts reach [`Options::on_error`].
+//!
+//! In [`Mode::Async`] (the default) the primary never waits: the body is copied while the
+//! inner service reads it ([`TeeBody`]) and the mirrors are sent once it has been read to
+//! its end. In [`Mode::Sync`] the mirrors run first, concurrently, for at most one
+//! [`Options::timeout`].
+//!
+//! # Bounded by design
+//!
+//! - At most [`Options::max_in_flight`] mirrors per target are in flight; beyond that new
+//!   mirrors are dropped and counted, never queued.
+//! - A body over [`Options::max_body_bytes`] is not mirrored (the primary still gets all of
+//!   it), and the body bytes held for unfinished mirrors never exceed
+//!   [`Options::max_buffered_bytes`], shared by every request and target.
+//! - Every exchange, including reading the response, ends within [`Options::timeout`].
+//!
+//! Every outcome is counted: see [`MirrorLayer::stats`].
+//!
+//! # Runtime
+//!
+//! Mirrors are sent on the Tokio runtime the service runs on, which needs its time driver
+//! (`#[tokio::main]` and axum, hyper and tonic servers have it). Without a runtime, mirrors
+//! are skipped and counted, never a panic.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod body;
+mod budget;
+mod client;
+mod dispatch;
+mod error;
+mod future;
+mod layer;
+mod options;
+mod request;
+mod response;
+mod sample;
+mod service;
+mod stats;
+mod target;
+
+pub use body::{MirrorBody, TeeBody};
+pub use client::{HttpSender, ResponseBody, SendFuture, Sender};
+pub use error::{BoxError, ConfigError, MirrorError};
+pub use future::ResponseFuture;
+pub use layer::MirrorLayer;
+pub use options::{ErrorCallback, Mode, Options, SuccessCallback};
+pub use request::X_MIRRORED_FROM;
+pub use response::MirrorResponse;
+pub use service::Mirror;
+pub use stats::{MirrorStats, NotMirroredStats, SkipStats, TargetStats};
+pub use target::{Target, percentage};

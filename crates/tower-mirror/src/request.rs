@@ -1,0 +1,212 @@
+//! The mirrored request: what is kept of the original, and how a target's copy is built from it.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Uri, Version};
+
+use crate::body::MirrorBody;
+use crate::target::Base;
+
+/// The header every mirrored request carries: the original request's host, as received.
+pub const X_MIRRORED_FROM: HeaderName = HeaderName::from_static("x-mirrored-from");
+
+/// What a mirror needs of the original request, taken before the request moves on.
+///
+/// Only reference-counted clones: the method, the URI and the header map.
+#[derive(Debug)]
+pub(crate) struct RequestSnapshot {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl RequestSnapshot {
+    pub(crate) fn capture<B>(request: &Request<B>) -> Self {
+        Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            headers: request.headers().clone(),
+        }
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those the
+/// mirror replaces with its own (`Host`, `Content-Length`, `X-Mirrored-From`) and `Expect`,
+/// whose `100-continue` handshake belongs to the original client.
+fn is_not_forwarded(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "expect"
+            | "host"
+            | "content-length"
+            | "x-mirrored-from"
+    )
+}
+
+/// The header names listed in `Connection`, which are hop-by-hop too.
+fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// The host the original request was sent to: its `Host` header, or for HTTP/2 (which carries
+/// it in `:authority`) the URI's authority.
+fn original_host(snapshot: &RequestSnapshot) -> HeaderValue {
+    if let Some(host) = snapshot.headers.get(header::HOST) {
+        return host.clone();
+    }
+    snapshot
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        // Still mark the request as a mirror, so the loop guard on the target sees it.
+        .unwrap_or_else(|| HeaderValue::from_static(""))
+}
+
+/// Builds the mirrored request for the target at `base`.
+///
+/// `None` when the original request target cannot be joined (see [`Base::join`]).
+pub(crate) fn build(
+    snapshot: &RequestSnapshot,
+    base: &Base,
+    body: MirrorBody,
+) -> Option<Request<MirrorBody>> {
+    let uri = base.join(&snapshot.uri)?;
+    let original = &snapshot.headers;
+    let named_by_connection = if original.contains_key(header::CONNECTION) {
+        connection_options(original)
+    } else {
+        Vec::new()
+    };
+
+    let mut headers = HeaderMap::with_capacity(original.len() + 2);
+    for (name, value) in original {
+        if is_not_forwarded(name) || named_by_connection.contains(name) {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(X_MIRRORED_FROM, original_host(snapshot));
+    // Say how long the body is whenever the original framed one, or there is one to send:
+    // a POST whose body is not copied becomes `Content-Length: 0`, a plain GET gets none.
+    let had_body_framing = original.contains_key(header::CONTENT_LENGTH)
+        || original.contains_key(header::TRANSFER_ENCODING);
+    if had_body_framing || !body.is_empty() {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+
+    let mut request = Request::new(body);
+    *request.method_mut() = snapshot.method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Some(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn mirror_of(request: Request<()>, base: &str, body: MirrorBody) -> Request<MirrorBody> {
+        let snapshot = RequestSnapshot::capture(&request);
+        build(&snapshot, &Base::parse(base).unwrap(), body).unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped_and_end_to_end_kept_in_order() {
+        let request = Request::builder()
+            .method("POST")
+            .uri("/orders?x=1")
+            .header("host", "shop.example:8443")
+            .header("connection", "keep-alive, X-Trace-Hop")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-connection", "keep-alive")
+            .header("proxy-authorization", "Basic c2VjcmV0")
+            .header("te", "trailers")
+            .header("trailer", "x-checksum")
+            .header("transfer-encoding", "chunked")
+            .header("upgrade", "h2c")
+            .header("expect", "100-continue")
+            .header("x-trace-hop", "1")
+            .header("x-mirrored-from", "spoofed.example")
+            .header("accept", "text/html")
+            .header("accept", "application/json")
+            .header("cookie", "a=1")
+            .header("authorization", "Bearer t")
+            .body(())
+            .unwrap();
+        let mirror = mirror_of(request, "http://shadow:9000/p", Bytes::from("abc").into());
+
+        assert_eq!(mirror.method(), "POST");
+        assert_eq!(mirror.uri(), "http://shadow:9000/p/orders?x=1");
+        assert_eq!(mirror.version(), Version::HTTP_11);
+        let h = mirror.headers();
+        for gone in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "expect",
+            "x-trace-hop",
+            "host",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} was forwarded");
+        }
+        let accept: Vec<_> = h.get_all("accept").iter().collect();
+        assert_eq!(accept, ["text/html", "application/json"]);
+        assert_eq!(h["cookie"], "a=1");
+        assert_eq!(h["authorization"], "Bearer t");
+        assert_eq!(h["x-mirrored-from"], "shop.example:8443");
+        assert_eq!(h.get_all("x-mirrored-from").iter().count(), 1);
+        assert_eq!(h["content-length"], "3");
+    }
+
+    #[test]
+    fn http2_requests_name_their_authority() {
+        let request = Request::builder()
+            .uri("https://api.example:8443/v1")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
+        let mirror = mirror_of(request, "http://shadow", MirrorBody::empty());
+        assert_eq!(mirror.headers()["x-mirrored-from"], "api.example:8443");
+        assert_eq!(mirror.version(), Version::HTTP_11);
+        assert!(!mirror.headers().contains_key("content-length"));
+    }
+
+    #[test]
+    fn a_body_not_copied_is_announced_as_empty() {
+        let request = Request::builder()
+            .method("PUT")
+            .uri("/x")
+            .header("content-length", "12")
+            .body(())
+            .unwrap();
+        let mirror = mirror_of(request, "http://shadow", MirrorBody::empty());
+        assert_eq!(mirror.headers()["content-length"], "0");
+    }
+
+    #[test]
+    fn no_host_still_marks_the_mirror() {
+        let request = Request::builder().uri("/x").body(()).unwrap();
+        let mirror = mirror_of(request, "http://shadow", MirrorBody::empty());
+        assert_eq!(mirror.headers()["x-mirrored-from"], "");
+    }
+}

@@ -1,0 +1,194 @@
+//! [`Mirror`]: the service that decides, per request, whether and how to mirror it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Request;
+use http_body::Body;
+use tower_service::Service;
+
+use crate::body::{Tee, TeeBody, read_ahead};
+use crate::budget::Reservation;
+use crate::dispatch::{PendingMirror, Shared};
+use crate::future::ResponseFuture;
+use crate::options::Mode;
+use crate::request::RequestSnapshot;
+use crate::stats::{MirrorStats, SkipReason};
+
+/// Mirrors requests to shadow targets, then hands them, untouched, to the inner service.
+///
+/// Built by [`MirrorLayer`](crate::MirrorLayer). The inner service receives the same method,
+/// URI, version, headers, extensions and body bytes; its body type is wrapped in [`TeeBody`],
+/// which yields the original frames as they arrive. Errors are the inner service's own.
+pub struct Mirror<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Mirror<S> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the mirror, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// A snapshot of the counters shared with the layer that built this service.
+    pub fn stats(&self) -> MirrorStats {
+        self.shared.stats()
+    }
+}
+
+impl<S, B> Service<Request<B>> for Mirror<S>
+where
+    S: Service<Request<TeeBody<B>>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let shared = &self.shared;
+        if let Some(reason) = shared.ineligible(&request) {
+            shared.not_mirrored.count(reason);
+            return self.forward(request);
+        }
+        let targets = shared.sample();
+        if targets.is_empty() {
+            return self.forward(request);
+        }
+        let pending = PendingMirror::new(
+            Arc::clone(shared),
+            targets,
+            RequestSnapshot::capture(&request),
+        );
+        match shared.mode {
+            Mode::Async => self.mirror_async(request, pending),
+            Mode::Sync => self.mirror_sync(request, pending),
+        }
+    }
+}
+
+impl<S> Mirror<S> {
+    fn forward<B>(&mut self, request: Request<B>) -> ResponseFuture<S::Future>
+    where
+        S: Service<Request<TeeBody<B>>>,
+        B: Body,
+    {
+        ResponseFuture::direct(self.inner.call(request.map(TeeBody::plain)))
+    }
+
+    /// Sends the mirrors in the background: at once when there is no body to copy, otherwise
+    /// once the inner service has read the body through the tee.
+    fn mirror_async<B>(
+        &mut self,
+        request: Request<B>,
+        pending: PendingMirror,
+    ) -> ResponseFuture<S::Future>
+    where
+        S: Service<Request<TeeBody<B>>>,
+        B: Body<Data = Bytes>,
+    {
+        let shared = &self.shared;
+        let body = request.body();
+        if !shared.copy_body || body.is_end_stream() {
+            pending.send(None);
+            return self.forward(request);
+        }
+        if body.size_hint().lower() > shared.max_body_bytes as u64 {
+            pending.skip(SkipReason::BodyTooLarge);
+            return self.forward(request);
+        }
+        let tee = Tee::new(
+            pending,
+            shared.max_body_bytes,
+            Reservation::new(&shared.budget),
+        );
+        ResponseFuture::direct(self.inner.call(request.map(|body| TeeBody::tee(body, tee))))
+    }
+
+    /// Reads the body ahead, sends the mirrors, waits for them, and only then calls the inner
+    /// service.
+    fn mirror_sync<B>(
+        &mut self,
+        request: Request<B>,
+        pending: PendingMirror,
+    ) -> ResponseFuture<S::Future>
+    where
+        S: Service<Request<TeeBody<B>>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Send + 'static,
+    {
+        // The ready service goes with the future; this clone waits for the next poll_ready.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let shared = Arc::clone(&self.shared);
+        ResponseFuture::sync(Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let (body, mirrors) = if !shared.copy_body || body.is_end_stream() {
+                (TeeBody::plain(body), pending.send(None))
+            } else if body.size_hint().lower() > shared.max_body_bytes as u64 {
+                pending.skip(SkipReason::BodyTooLarge);
+                (TeeBody::plain(body), Vec::new())
+            } else {
+                let reservation = Reservation::new(&shared.budget);
+                let (body, payload) = read_ahead(body, shared.max_body_bytes, reservation).await;
+                let mirrors = match payload {
+                    Ok(payload) => pending.send(Some(payload)),
+                    Err(reason) => {
+                        pending.skip(reason);
+                        Vec::new()
+                    }
+                };
+                (body, mirrors)
+            };
+            drop(shared);
+            // Each mirror task ends within the timeout on its own, so waiting for all of them
+            // takes one timeout at most, whatever the number of targets.
+            for mirror in mirrors {
+                let _ = mirror.await;
+            }
+            inner.call(Request::from_parts(parts, body)).await
+        }))
+    }
+}
+
+impl<S: Clone> Clone for Mirror<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Mirror<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mirror")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,185 @@
+//! Counters of every mirror outcome, and their snapshots returned by `stats()`.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+/// Why a sampled mirror was not sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SkipReason {
+    BodyTooLarge,
+    BodyError,
+    BodyUnread,
+    BudgetExhausted,
+    NoRuntime,
+}
+
+/// Why a request was not considered for mirroring at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ineligible {
+    AlreadyMirrored,
+    Connect,
+    Upgrade,
+    UnsupportedUri,
+}
+
+/// The live counters of one target.
+#[derive(Debug, Default)]
+pub(crate) struct TargetCounters {
+    pub(crate) sampled: AtomicU64,
+    pub(crate) sent: AtomicU64,
+    pub(crate) responded: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
+    pub(crate) dropped_overload: AtomicU64,
+    pub(crate) in_flight: AtomicUsize,
+    skipped: [AtomicU64; 5],
+}
+
+impl TargetCounters {
+    pub(crate) fn skip(&self, reason: SkipReason) {
+        self.skipped[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, url: &str) -> TargetStats {
+        let skipped = |r: SkipReason| self.skipped[r as usize].load(Relaxed);
+        TargetStats {
+            url: url.to_owned(),
+            sampled: self.sampled.load(Relaxed),
+            sent: self.sent.load(Relaxed),
+            responded: self.responded.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            timed_out: self.timed_out.load(Relaxed),
+            dropped_overload: self.dropped_overload.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed),
+            skipped: SkipStats {
+                body_too_large: skipped(SkipReason::BodyTooLarge),
+                body_error: skipped(SkipReason::BodyError),
+                body_unread: skipped(SkipReason::BodyUnread),
+                budget_exhausted: skipped(SkipReason::BudgetExhausted),
+                no_runtime: skipped(SkipReason::NoRuntime),
+            },
+        }
+    }
+}
+
+/// The live counters of requests that were not considered for mirroring.
+#[derive(Debug, Default)]
+pub(crate) struct IneligibleCounters([AtomicU64; 4]);
+
+impl IneligibleCounters {
+    pub(crate) fn count(&self, reason: Ineligible) {
+        self.0[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> NotMirroredStats {
+        let get = |r: Ineligible| self.0[r as usize].load(Relaxed);
+        NotMirroredStats {
+            already_mirrored: get(Ineligible::AlreadyMirrored),
+            connect: get(Ineligible::Connect),
+            upgrade: get(Ineligible::Upgrade),
+            unsupported_uri: get(Ineligible::UnsupportedUri),
+        }
+    }
+}
+
+/// A snapshot of a layer's counters, from [`MirrorLayer::stats`](crate::MirrorLayer::stats).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MirrorStats {
+    /// Per target, in the order they were configured.
+    pub targets: Vec<TargetStats>,
+    /// Requests that were not considered for mirroring at all, by reason. They do not advance
+    /// any target's sampling.
+    pub not_mirrored: NotMirroredStats,
+    /// Request body bytes currently held for mirrors (bounded by
+    /// [`Options::max_buffered_bytes`](crate::Options::max_buffered_bytes)).
+    pub buffered_bytes: usize,
+}
+
+/// The counters of one target.
+///
+/// Every sampled mirror ends in exactly one of: sent, dropped for overload, or skipped; every
+/// sent mirror ends in exactly one of: responded, failed, timed out (or is still in flight).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TargetStats {
+    /// The target's URL as configured.
+    pub url: String,
+    /// Eligible requests this target's sampling chose.
+    pub sampled: u64,
+    /// Mirrors handed to the sender.
+    pub sent: u64,
+    /// Mirrors that got a response (any status).
+    pub responded: u64,
+    /// Mirrors that failed before a complete response: connect errors, resets, bad responses.
+    pub failed: u64,
+    /// Mirrors that did not complete within the timeout.
+    pub timed_out: u64,
+    /// Mirrors not sent because the target already had `max_in_flight` mirrors in flight.
+    pub dropped_overload: u64,
+    /// Mirrors sent and not yet finished.
+    pub in_flight: usize,
+    /// Mirrors not sent, by reason.
+    pub skipped: SkipStats,
+}
+
+/// Sampled mirrors that were not sent, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SkipStats {
+    /// The request body was over `max_body_bytes`.
+    pub body_too_large: u64,
+    /// Reading the request body failed.
+    pub body_error: u64,
+    /// The inner service dropped the request body before reading it to its end.
+    pub body_unread: u64,
+    /// Holding the body would have exceeded `max_buffered_bytes`.
+    pub budget_exhausted: u64,
+    /// No Tokio runtime was running to send the mirror on.
+    pub no_runtime: u64,
+}
+
+impl SkipStats {
+    /// Each reason with its stable, snake_case name (for metric labels).
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        [
+            ("body_too_large", self.body_too_large),
+            ("body_error", self.body_error),
+            ("body_unread", self.body_unread),
+            ("budget_exhausted", self.budget_exhausted),
+            ("no_runtime", self.no_runtime),
+        ]
+        .into_iter()
+    }
+
+    /// All skipped mirrors.
+    pub fn total(&self) -> u64 {
+        self.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// Requests that were not considered for mirroring, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NotMirroredStats {
+    /// Requests that already carried `X-Mirrored-From` (the loop guard).
+    pub already_mirrored: u64,
+    /// `CONNECT` requests.
+    pub connect: u64,
+    /// Protocol upgrades, such as WebSocket.
+    pub upgrade: u64,
+    /// Request targets without a path to join onto a base URL, such as `OPTIONS *`.
+    pub unsupported_uri: u64,
+}
+
+impl NotMirroredStats {
+    /// Each reason with its stable, snake_case name (for metric labels).
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        [
+            ("already_mirrored", self.already_mirrored),
+            ("connect", self.connect),
+            ("upgrade", self.upgrade),
+            ("unsupported_uri", self.unsupported_uri),
+        ]
+        .into_iter()
+    }
+}

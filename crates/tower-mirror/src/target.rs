@@ -1,0 +1,201 @@
+//! Targets: where mirrored requests go, and how a request's URI is joined onto a target's base.
+
+use http::Uri;
+use http::uri::{Authority, PathAndQuery, Scheme};
+
+use crate::error::ConfigError;
+
+/// A shadow target: a base URL and the share of requests mirrored to it.
+///
+/// Build one with [`Target::new`] (100 %), [`Target::percentage`] or the free function
+/// [`percentage`]. The mirrored URL is the base URL (scheme, authority and path prefix)
+/// followed by the original request's path and query, so with the base
+/// `http://staging:8080/shadow` a request for `/api/users?page=2` is mirrored to
+/// `http://staging:8080/shadow/api/users?page=2`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Target {
+    /// The base URL, exactly as configured. Callbacks receive this string.
+    pub url: String,
+    /// The percentage of eligible requests mirrored to this target, from 0 to 100.
+    ///
+    /// Sampling is deterministic: of any 100 consecutive eligible requests, exactly this many
+    /// are mirrored, evenly spread (50 % is every other request).
+    pub percentage: u32,
+}
+
+impl Target {
+    /// A target that receives every eligible request.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self::percentage(url, 100)
+    }
+
+    /// A target that receives `percentage` % of eligible requests (0 to 100).
+    ///
+    /// A value over 100 is reported by [`MirrorLayer::with_options`](crate::MirrorLayer::with_options)
+    /// as [`ConfigError::PercentageOutOfRange`].
+    pub fn percentage(url: impl Into<String>, percentage: u32) -> Self {
+        Self {
+            url: url.into(),
+            percentage,
+        }
+    }
+}
+
+/// A target that receives `pct` % of eligible requests: the reference API's `Percentage`.
+///
+/// The same as [`Target::percentage`].
+pub fn percentage(url: impl Into<String>, pct: u32) -> Target {
+    Target::percentage(url, pct)
+}
+
+/// A target's base URL, parsed once so that joining costs one string and one URI parse.
+#[derive(Clone, Debug)]
+pub(crate) struct Base {
+    scheme: Scheme,
+    authority: Authority,
+    /// The base path without its trailing slash: `""` for `http://h` and `http://h/`.
+    prefix: String,
+}
+
+impl Base {
+    pub(crate) fn parse(url: &str) -> Result<Self, ConfigError> {
+        let invalid = |reason: &str| ConfigError::InvalidTarget {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        // `http::Uri` drops a fragment silently, so look for one (and for a query) in the text.
+        if url.contains('#') {
+            return Err(invalid("a base URL cannot have a fragment"));
+        }
+        if url.contains('?') {
+            return Err(invalid("a base URL cannot have a query"));
+        }
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| invalid(&format!("not a URL ({e})")))?;
+        let scheme = match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
+            Some(s) => {
+                return Err(invalid(&format!(
+                    "scheme {:?} is not supported: use http or https",
+                    s.as_str()
+                )));
+            }
+            None => return Err(invalid("missing scheme: use http:// or https://")),
+        };
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| invalid("missing host"))?;
+        if authority.as_str().contains('@') {
+            return Err(invalid(
+                "user information in the URL is not supported: set an Authorization header instead",
+            ));
+        }
+        if authority.host().is_empty() {
+            return Err(invalid("missing host"));
+        }
+        let prefix = uri.path().trim_end_matches('/').to_owned();
+        Ok(Self {
+            scheme,
+            authority,
+            prefix,
+        })
+    }
+
+    /// The URI to mirror `original` to: base scheme and authority, base path prefix, then the
+    /// original path and query. `None` when the original has no origin-form path (`OPTIONS *`,
+    /// authority-form `CONNECT`): there is nothing to append it to.
+    pub(crate) fn join(&self, original: &Uri) -> Option<Uri> {
+        let path = original.path();
+        if !path.starts_with('/') {
+            return None;
+        }
+        let query = original.query();
+        let mut joined = String::with_capacity(
+            self.prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+        );
+        joined.push_str(&self.prefix);
+        joined.push_str(path);
+        if let Some(query) = query {
+            joined.push('?');
+            joined.push_str(query);
+        }
+        let path_and_query = PathAndQuery::from_maybe_shared(bytes::Bytes::from(joined)).ok()?;
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join(base: &str, original: &str) -> String {
+        let uri: Uri = original.parse().unwrap();
+        Base::parse(base).unwrap().join(&uri).unwrap().to_string()
+    }
+
+    #[test]
+    fn url_join_table() {
+        let cases = [
+            ("http://h", "/test?q=1", "http://h/test?q=1"),
+            ("http://h/", "/test?q=1", "http://h/test?q=1"),
+            ("http://h:8080", "/", "http://h:8080/"),
+            ("http://h/api", "/test", "http://h/api/test"),
+            ("http://h/api/", "/test", "http://h/api/test"),
+            ("http://h/api//", "/test", "http://h/api/test"),
+            ("https://h/a/b", "/c/d?x=1&y=2", "https://h/a/b/c/d?x=1&y=2"),
+            ("http://h/api", "/", "http://h/api/"),
+            ("http://h", "/a%20b/../c?%41=1", "http://h/a%20b/../c?%41=1"),
+            ("http://h", "/empty?", "http://h/empty?"),
+            // An absolute-form request target keeps only its path and query.
+            ("http://h/p", "http://other:9/x?y", "http://h/p/x?y"),
+        ];
+        for (base, original, expected) in cases {
+            assert_eq!(join(base, original), expected, "{base} + {original}");
+        }
+    }
+
+    #[test]
+    fn non_origin_form_targets_are_not_joined() {
+        let base = Base::parse("http://h/api").unwrap();
+        assert!(base.join(&"*".parse().unwrap()).is_none());
+        assert!(base.join(&"example.com:443".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn bad_base_urls_are_named_errors() {
+        let cases = [
+            ("ftp://h", "scheme \"ftp\" is not supported"),
+            ("staging.example.com", "missing scheme"),
+            ("http://h/?a=1", "cannot have a query"),
+            ("http://h/#top", "cannot have a fragment"),
+            ("http://user:pw@h/", "user information"),
+            ("http://h/a b", "not a URL"),
+            ("", "not a URL"),
+        ];
+        for (url, expected) in cases {
+            let err = Base::parse(url).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(expected), "{url:?}: {text}");
+            assert!(
+                text.contains(&format!("{url:?}")),
+                "{url:?} not named: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn constructors_set_percentage() {
+        assert_eq!(Target::new("http://a").percentage, 100);
+        assert_eq!(Target::percentage("http://a", 7).percentage, 7);
+        let t = percentage("http://b", 50);
+        assert_eq!((t.url.as_str(), t.percentage), ("http://b", 50));
+    }
+}
