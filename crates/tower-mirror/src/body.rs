@@ -7,10 +7,10 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 
 use crate::budget::Reservation;
@@ -237,18 +237,21 @@ struct Replay<E> {
     ended: bool,
 }
 
-/// Reads `body` ahead for a sync-mode mirror, up to `limit` bytes.
+/// Reads `body` ahead for a sync-mode mirror, up to `limit` bytes and for at most `patience`.
 ///
 /// Returns the body for the inner service, which replays what was read and then continues
-/// with the rest, and the copy to mirror, or why there is none.
+/// with the rest, and the copy to mirror, or why there is none. The time bound matters for
+/// streaming requests whose client waits for an answer before it ends the body.
 pub(crate) async fn read_ahead<B>(
     mut body: B,
     limit: usize,
     mut reservation: Reservation,
+    patience: Duration,
 ) -> (TeeBody<B>, Result<Arc<Payload>, SkipReason>)
 where
     B: Body<Data = Bytes> + Unpin,
 {
+    let mut deadline = std::pin::pin!(tokio::time::sleep(patience));
     let mut frames = VecDeque::new();
     let mut chunks = Vec::new();
     let mut len = 0usize;
@@ -259,7 +262,14 @@ where
             ended = true;
             break Ok(());
         }
-        let frame = match body.frame().await {
+        let next = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(Some(frame)),
+            Poll::Pending => deadline.as_mut().poll(cx).map(|()| None),
+        });
+        let Some(frame) = next.await else {
+            break Err(SkipReason::BodyTimeout);
+        };
+        let frame = match frame {
             None => {
                 ended = true;
                 break Ok(());
@@ -402,6 +412,9 @@ impl Body for MirrorBody {
 mod tests {
     use super::*;
     use crate::budget::ByteBudget;
+    use http_body_util::BodyExt;
+
+    const PATIENCE: Duration = Duration::from_secs(10);
 
     type TestFrame = Result<Frame<Bytes>, std::io::Error>;
 
@@ -443,7 +456,7 @@ mod tests {
     async fn read_ahead_replays_everything_in_order() {
         let budget = ByteBudget::new(1024);
         let original = stream(vec![data("ab"), data("cd"), data("ef")]);
-        let (body, payload) = read_ahead(original, 1024, Reservation::new(&budget)).await;
+        let (body, payload) = read_ahead(original, 1024, Reservation::new(&budget), PATIENCE).await;
         let payload = payload.unwrap();
         assert_eq!(payload.len, 6);
         assert_eq!(budget.used(), 6);
@@ -461,7 +474,7 @@ mod tests {
     async fn read_ahead_over_the_limit_forwards_the_rest_intact() {
         let budget = ByteBudget::new(1024);
         let original = stream(vec![data("abc"), data("def"), data("ghi")]);
-        let (body, payload) = read_ahead(original, 4, Reservation::new(&budget)).await;
+        let (body, payload) = read_ahead(original, 4, Reservation::new(&budget), PATIENCE).await;
         assert_eq!(payload.unwrap_err(), SkipReason::BodyTooLarge);
         assert_eq!(budget.used(), 0, "a skipped copy holds no budget");
         let replayed = body.collect().await.unwrap().to_bytes();
@@ -473,7 +486,8 @@ mod tests {
         let budget = ByteBudget::new(1024);
         let failure = Err(std::io::Error::other("boom"));
         let original = stream(vec![data("ab"), failure, data("never")]);
-        let (mut body, payload) = read_ahead(original, 1024, Reservation::new(&budget)).await;
+        let (mut body, payload) =
+            read_ahead(original, 1024, Reservation::new(&budget), PATIENCE).await;
         assert_eq!(payload.unwrap_err(), SkipReason::BodyError);
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "ab");
@@ -487,18 +501,54 @@ mod tests {
         let mut trailers = http::HeaderMap::new();
         trailers.insert("x-checksum", "1".parse().unwrap());
         let original = stream(vec![data("ab"), Ok(Frame::trailers(trailers))]);
-        let (body, payload) = read_ahead(original, 1024, Reservation::new(&budget)).await;
+        let (body, payload) = read_ahead(original, 1024, Reservation::new(&budget), PATIENCE).await;
         assert_eq!(payload.unwrap().len, 2);
         let collected = body.collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["x-checksum"], "1");
         assert_eq!(&collected.to_bytes()[..], b"ab");
     }
 
+    /// Yields one chunk, then nothing until the end of time.
+    struct Stalled(bool);
+
+    impl Body for Stalled {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            if std::mem::replace(&mut self.0, true) {
+                Poll::Pending
+            } else {
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"first")))))
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn read_ahead_gives_up_on_a_body_that_stalls_and_keeps_what_it_read() {
+        let budget = ByteBudget::new(1024);
+        let patience = Duration::from_secs(3);
+        let started = tokio::time::Instant::now();
+        let (mut body, payload) =
+            read_ahead(Stalled(false), 1024, Reservation::new(&budget), patience).await;
+        assert_eq!(started.elapsed(), patience);
+        assert_eq!(payload.unwrap_err(), SkipReason::BodyTimeout);
+        assert_eq!(budget.used(), 0);
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "first");
+        assert!(
+            !body.is_end_stream(),
+            "the rest still comes from the original body"
+        );
+    }
+
     #[tokio::test]
     async fn read_ahead_over_the_budget_is_skipped() {
         let budget = ByteBudget::new(3);
         let original = stream(vec![data("ab"), data("cd")]);
-        let (body, payload) = read_ahead(original, 1024, Reservation::new(&budget)).await;
+        let (body, payload) = read_ahead(original, 1024, Reservation::new(&budget), PATIENCE).await;
         assert_eq!(payload.unwrap_err(), SkipReason::BudgetExhausted);
         assert_eq!(budget.used(), 0);
         assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abcd");

@@ -149,7 +149,7 @@ impl PendingMirror {
     /// Spawns one task per chosen target that still has room, and returns their handles (a
     /// sync-mode request waits on them; async mode lets them go).
     pub(crate) fn send(self, payload: Option<Arc<Payload>>) -> Vec<JoinHandle<()>> {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        let Some(runtime) = runtime() else {
             self.skip(SkipReason::NoRuntime);
             return Vec::new();
         };
@@ -160,6 +160,8 @@ impl PendingMirror {
                 counters.dropped_overload.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
+            let counters = &self.shared.targets[index].counters;
+            counters.sent.fetch_add(1, Ordering::Relaxed);
             let body = payload
                 .clone()
                 .map_or_else(MirrorBody::empty, MirrorBody::from_payload);
@@ -168,6 +170,17 @@ impl PendingMirror {
         }
         tasks
     }
+}
+
+/// The Tokio runtime to send mirrors on, if one is running and has its time driver (each
+/// mirror's timeout needs it). Never panics: without them, mirrors are skipped and counted.
+pub(crate) fn runtime() -> Option<tokio::runtime::Handle> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    // Tokio offers no query for the time driver; creating a timer is the test, and it panics
+    // (reported by the panic hook) only on a runtime built without `enable_time`.
+    let _guard = handle.enter();
+    let timers = std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO)));
+    timers.is_ok().then_some(handle)
 }
 
 /// A place among a target's `max_in_flight`, given back when dropped.
@@ -210,7 +223,6 @@ async fn mirror_one(slot: InFlight, snapshot: Arc<RequestSnapshot>, body: Mirror
     let shared = &*slot.shared;
     let state = &shared.targets[slot.index];
     let counters = &state.counters;
-    counters.sent.fetch_add(1, Ordering::Relaxed);
     let Some(request) = request::build(&snapshot, &state.base, body) else {
         // Unreachable: `ineligible` lets only origin-form paths through, and they always join.
         counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -219,28 +231,35 @@ async fn mirror_one(slot: InFlight, snapshot: Arc<RequestSnapshot>, body: Mirror
     drop(snapshot);
 
     let outcome = tokio::time::timeout(shared.timeout, exchange(shared, request)).await;
+    let url = state.target.url.as_str();
     // Callbacks run before the counters move, so whoever sees a count also sees its callback.
     let counter = match outcome {
         Ok(Ok(response)) => {
             if let Some(on_success) = &shared.on_success {
-                on_success(&state.target.url, &response);
+                contain_panic(|| on_success(url, &response));
             }
             &counters.responded
         }
         Ok(Err(error)) => {
             if let Some(on_error) = &shared.on_error {
-                on_error(&state.target.url, &error);
+                contain_panic(|| on_error(url, &error));
             }
             &counters.failed
         }
         Err(_elapsed) => {
             if let Some(on_error) = &shared.on_error {
-                on_error(&state.target.url, &MirrorError::timeout(shared.timeout));
+                contain_panic(|| on_error(url, &MirrorError::timeout(shared.timeout)));
             }
             &counters.timed_out
         }
     };
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Runs a user callback so that its panic (reported by the panic hook as usual) cannot leave
+/// the outcome uncounted.
+fn contain_panic(callback: impl FnOnce()) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(callback));
 }
 
 /// One exchange: send, receive the head, read the body (keeping what the user asked for).

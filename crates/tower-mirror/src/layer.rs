@@ -2,7 +2,8 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tower_layer::Layer;
@@ -124,6 +125,66 @@ impl MirrorLayer {
     /// A snapshot of every counter: per target, and of requests not mirrored at all.
     pub fn stats(&self) -> MirrorStats {
         self.shared.stats()
+    }
+
+    /// Waits until no mirror is in flight, for at most `timeout`: for a graceful shutdown,
+    /// once the server has stopped taking requests and finished the ones it had.
+    ///
+    /// Mirrors still in flight at the deadline are reported as abandoned (they keep running
+    /// until their own timeout or until the runtime shuts down).
+    ///
+    /// ```no_run
+    /// # async fn shutdown(layer: tower_mirror::MirrorLayer) {
+    /// let report = layer.drain(std::time::Duration::from_secs(5)).await;
+    /// if !report.is_complete() {
+    ///     eprintln!("abandoned {} mirrors", report.abandoned());
+    /// }
+    /// # }
+    /// ```
+    pub async fn drain(&self, timeout: Duration) -> DrainReport {
+        let shared = &self.shared;
+        let idle = async {
+            loop {
+                let notified = shared.idle.notified();
+                let mut notified = std::pin::pin!(notified);
+                // Register before checking, so a wake-up between the two is not lost.
+                notified.as_mut().enable();
+                if shared.in_flight.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, idle).await;
+        DrainReport {
+            in_flight: shared
+                .targets
+                .iter()
+                .map(|state| {
+                    let n = state.counters.in_flight.load(Ordering::Acquire);
+                    (state.target.url.clone(), n)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What [`MirrorLayer::drain`] left behind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Each target's URL as configured, with the mirrors still in flight to it.
+    pub in_flight: Vec<(String, usize)>,
+}
+
+impl DrainReport {
+    /// True when every mirror finished before the deadline.
+    pub fn is_complete(&self) -> bool {
+        self.abandoned() == 0
+    }
+
+    /// Mirrors still in flight at the deadline, over all targets.
+    pub fn abandoned(&self) -> usize {
+        self.in_flight.iter().map(|(_, n)| n).sum()
     }
 }
 

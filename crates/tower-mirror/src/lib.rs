@@ -91,7 +91,7 @@ pub use body::{MirrorBody, TeeBody};
 pub use client::{HttpSender, ResponseBody, SendFuture, Sender};
 pub use error::{BoxError, ConfigError, MirrorError};
 pub use future::ResponseFuture;
-pub use layer::MirrorLayer;
+pub use layer::{DrainReport, MirrorLayer};
 pub use options::{ErrorCallback, Mode, Options, SuccessCallback};
 pub use request::X_MIRRORED_FROM;
 pub use response::MirrorResponse;

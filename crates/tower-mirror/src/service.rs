@@ -11,7 +11,7 @@ use tower_service::Service;
 
 use crate::body::{Tee, TeeBody, read_ahead};
 use crate::budget::Reservation;
-use crate::dispatch::{PendingMirror, Shared};
+use crate::dispatch::{PendingMirror, Shared, runtime};
 use crate::future::ResponseFuture;
 use crate::options::Mode;
 use crate::request::RequestSnapshot;
@@ -148,14 +148,18 @@ impl<S> Mirror<S> {
         let shared = Arc::clone(&self.shared);
         ResponseFuture::sync(Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let (body, mirrors) = if !shared.copy_body || body.is_end_stream() {
+            let (body, mirrors) = if runtime().is_none() {
+                pending.skip(SkipReason::NoRuntime);
+                (TeeBody::plain(body), Vec::new())
+            } else if !shared.copy_body || body.is_end_stream() {
                 (TeeBody::plain(body), pending.send(None))
             } else if body.size_hint().lower() > shared.max_body_bytes as u64 {
                 pending.skip(SkipReason::BodyTooLarge);
                 (TeeBody::plain(body), Vec::new())
             } else {
                 let reservation = Reservation::new(&shared.budget);
-                let (body, payload) = read_ahead(body, shared.max_body_bytes, reservation).await;
+                let (body, payload) =
+                    read_ahead(body, shared.max_body_bytes, reservation, shared.timeout).await;
                 let mirrors = match payload {
                     Ok(payload) => pending.send(Some(payload)),
                     Err(reason) => {

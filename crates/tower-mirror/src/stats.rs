@@ -9,6 +9,7 @@ pub(crate) enum SkipReason {
     BodyError,
     BodyUnread,
     BudgetExhausted,
+    BodyTimeout,
     NoRuntime,
 }
 
@@ -31,7 +32,7 @@ pub(crate) struct TargetCounters {
     pub(crate) timed_out: AtomicU64,
     pub(crate) dropped_overload: AtomicU64,
     pub(crate) in_flight: AtomicUsize,
-    skipped: [AtomicU64; 5],
+    skipped: [AtomicU64; 6],
 }
 
 impl TargetCounters {
@@ -55,6 +56,7 @@ impl TargetCounters {
                 body_error: skipped(SkipReason::BodyError),
                 body_unread: skipped(SkipReason::BodyUnread),
                 budget_exhausted: skipped(SkipReason::BudgetExhausted),
+                body_timeout: skipped(SkipReason::BodyTimeout),
                 no_runtime: skipped(SkipReason::NoRuntime),
             },
         }
@@ -134,7 +136,10 @@ pub struct SkipStats {
     pub body_unread: u64,
     /// Holding the body would have exceeded `max_buffered_bytes`.
     pub budget_exhausted: u64,
-    /// No Tokio runtime was running to send the mirror on.
+    /// Sync mode only: the body did not arrive within the timeout, so the primary went ahead
+    /// without a mirror.
+    pub body_timeout: u64,
+    /// No Tokio runtime (with its time driver) was running to send the mirror on.
     pub no_runtime: u64,
 }
 
@@ -146,6 +151,7 @@ impl SkipStats {
             ("body_error", self.body_error),
             ("body_unread", self.body_unread),
             ("budget_exhausted", self.budget_exhausted),
+            ("body_timeout", self.body_timeout),
             ("no_runtime", self.no_runtime),
         ]
         .into_iter()

@@ -1153,3 +1153,52 @@ fn configuration_errors_name_what_is_wrong() {
         ConfigError::TooManyTargets { count: 65, max: 64 }
     ));
 }
+
+#[tokio::test]
+async fn a_panicking_callback_costs_nothing_but_its_own_call() {
+    let shadow = Shadow::start().await;
+    let layer = MirrorLayer::with_options(Options {
+        on_success: Some(Arc::new(|_: &str, _: &MirrorResponse| {
+            panic!("a callback bug (this panic message is expected in the test output)")
+        })),
+        ..options(vec![Target::new(shadow.url.clone())])
+    })
+    .unwrap();
+    let primary = serve(app(layer.clone())).await;
+    for _ in 0..3 {
+        assert_eq!(
+            http_get(&format!("{}/test", primary.url)).await.body,
+            "primary"
+        );
+    }
+    let stats = settled(&layer).await;
+    assert_eq!((stats.targets[0].sent, stats.targets[0].responded), (3, 3));
+}
+
+#[tokio::test]
+async fn drain_waits_for_mirrors_in_flight_and_reports_what_it_abandons() {
+    let gate = Gate::closed();
+    let shadow = Shadow::gated(&gate).await;
+    let layer = layer_for(&shadow.url);
+    assert!(
+        layer.drain(Duration::ZERO).await.is_complete(),
+        "idle from the start"
+    );
+    let primary = serve(app(layer.clone())).await;
+    for _ in 0..2 {
+        http_get(&format!("{}/test", primary.url)).await;
+    }
+    shadow.wait_for(2).await;
+
+    let report = layer.drain(Duration::from_millis(50)).await;
+    assert_eq!(report.abandoned(), 2);
+    assert_eq!(report.in_flight, [(shadow.url.clone(), 2)]);
+
+    let drained = tokio::spawn({
+        let layer = layer.clone();
+        async move { layer.drain(support::DEADLINE).await }
+    });
+    gate.open();
+    assert!(drained.await.unwrap().is_complete());
+    assert_eq!(layer.stats().targets[0].responded, 2);
+}

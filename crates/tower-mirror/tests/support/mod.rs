@@ -333,14 +333,10 @@ pub fn pattern(len: usize) -> Bytes {
 
 /// Waits until every mirror the layer has sent has finished, and returns the stats then.
 pub async fn settled(layer: &tower_mirror::MirrorLayer) -> tower_mirror::MirrorStats {
-    let mut stats = layer.stats();
-    eventually("every sent mirror to finish", || {
-        stats = layer.stats();
-        stats
-            .targets
-            .iter()
-            .all(|t| t.in_flight == 0 && t.sent == t.responded + t.failed + t.timed_out)
-    })
-    .await;
-    stats
+    let report = layer.drain(DEADLINE).await;
+    assert!(
+        report.is_complete(),
+        "mirrors unfinished after {DEADLINE:?}: {report:?}"
+    );
+    layer.stats()
 }
