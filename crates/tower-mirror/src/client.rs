@@ -49,13 +49,17 @@ where
 
 /// The default [`Sender`]: a pooled hyper client speaking HTTP/1.1 to `http` targets and
 /// HTTP/1.1 or HTTP/2 (as ALPN negotiates) to `https` targets, over rustls with verified
-/// certificates (Mozilla's root store, from `webpki-roots`).
+/// certificates (Mozilla's root store, from `webpki-roots`). Requests marked `HTTP/2` (to
+/// targets with [`Target::http2`](crate::Target::http2)) go over HTTP/2 only, with prior
+/// knowledge on `http`.
 ///
 /// Connections are kept alive and reused; idle ones are closed after 90 s. Redirects are never
 /// followed. Cloning shares the pool.
 #[derive(Clone)]
 pub struct HttpSender {
     client: Client<HttpsConnector<HttpConnector>, MirrorBody>,
+    /// For requests marked `HTTP/2` (targets with [`Target::http2`](crate::Target::http2)).
+    http2_client: Client<HttpsConnector<HttpConnector>, MirrorBody>,
 }
 
 impl HttpSender {
@@ -95,12 +99,17 @@ impl HttpSender {
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(Self::POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
-        Self { client }
+            .timer(TokioTimer::new());
+        let client = builder.build(https.clone());
+        let http2_client = builder.http2_only(true).build(https);
+        Self {
+            client,
+            http2_client,
+        }
     }
 }
 
@@ -118,7 +127,12 @@ impl fmt::Debug for HttpSender {
 
 impl Sender for HttpSender {
     fn send(&self, request: Request<MirrorBody>) -> SendFuture {
-        let response = self.client.request(request);
+        let client = if request.version() == http::Version::HTTP_2 {
+            &self.http2_client
+        } else {
+            &self.client
+        };
+        let response = client.request(request);
         Box::pin(async move {
             let response = response.await?;
             Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))

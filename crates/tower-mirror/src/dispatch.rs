@@ -178,7 +178,6 @@ pub(crate) fn runtime() -> Option<tokio::runtime::Handle> {
     let handle = tokio::runtime::Handle::try_current().ok()?;
     // Tokio offers no query for the time driver; creating a timer is the test, and it panics
     // (reported by the panic hook) only on a runtime built without `enable_time`.
-    let _guard = handle.enter();
     let timers = std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO)));
     timers.is_ok().then_some(handle)
 }
@@ -223,7 +222,7 @@ async fn mirror_one(slot: InFlight, snapshot: Arc<RequestSnapshot>, body: Mirror
     let shared = &*slot.shared;
     let state = &shared.targets[slot.index];
     let counters = &state.counters;
-    let Some(request) = request::build(&snapshot, &state.base, body) else {
+    let Some(request) = request::build(&snapshot, &state.base, state.target.http2, body) else {
         // Unreachable: `ineligible` lets only origin-form paths through, and they always join.
         counters.failed.fetch_add(1, Ordering::Relaxed);
         return;

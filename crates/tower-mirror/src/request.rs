@@ -61,6 +61,15 @@ fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+fn asks_for_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("trailers"))
+}
+
 /// The host the original request was sent to: its `Host` header, or for HTTP/2 (which carries
 /// it in `:authority`) the URI's authority.
 fn original_host(snapshot: &RequestSnapshot) -> HeaderValue {
@@ -75,12 +84,14 @@ fn original_host(snapshot: &RequestSnapshot) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from_static(""))
 }
 
-/// Builds the mirrored request for the target at `base`.
+/// Builds the mirrored request for the target at `base`, as HTTP/2 when `http2`, else
+/// HTTP/1.1.
 ///
 /// `None` when the original request target cannot be joined (see [`Base::join`]).
 pub(crate) fn build(
     snapshot: &RequestSnapshot,
     base: &Base,
+    http2: bool,
     body: MirrorBody,
 ) -> Option<Request<MirrorBody>> {
     let uri = base.join(&snapshot.uri)?;
@@ -106,11 +117,20 @@ pub(crate) fn build(
     if had_body_framing || !body.is_empty() {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
+    // On HTTP/2 the one value TE may carry, `trailers`, says the client understands trailers;
+    // gRPC servers expect it.
+    if http2 && asks_for_trailers(original) {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 
     let mut request = Request::new(body);
     *request.method_mut() = snapshot.method.clone();
     *request.uri_mut() = uri;
-    *request.version_mut() = Version::HTTP_11;
+    *request.version_mut() = if http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
     *request.headers_mut() = headers;
     Some(request)
 }
@@ -122,7 +142,7 @@ mod tests {
 
     fn mirror_of(request: Request<()>, base: &str, body: MirrorBody) -> Request<MirrorBody> {
         let snapshot = RequestSnapshot::capture(&request);
-        build(&snapshot, &Base::parse(base).unwrap(), body).unwrap()
+        build(&snapshot, &Base::parse(base).unwrap(), false, body).unwrap()
     }
 
     #[test]
@@ -201,6 +221,26 @@ mod tests {
             .unwrap();
         let mirror = mirror_of(request, "http://shadow", MirrorBody::empty());
         assert_eq!(mirror.headers()["content-length"], "0");
+    }
+
+    #[test]
+    fn http2_mirrors_keep_te_trailers_only() {
+        let request = Request::post("/grpc.health.v1.Health/Check")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let snapshot = RequestSnapshot::capture(&request);
+        let base = Base::parse("http://grpc-shadow").unwrap();
+        let h2 = build(&snapshot, &base, true, MirrorBody::empty()).unwrap();
+        assert_eq!(h2.version(), Version::HTTP_2);
+        assert_eq!(h2.headers()["te"], "trailers");
+        let h1 = build(&snapshot, &base, false, MirrorBody::empty()).unwrap();
+        assert!(!h1.headers().contains_key("te"));
+
+        let other = Request::get("/").header("te", "gzip").body(()).unwrap();
+        let snapshot = RequestSnapshot::capture(&other);
+        let h2 = build(&snapshot, &base, true, MirrorBody::empty()).unwrap();
+        assert!(!h2.headers().contains_key("te"));
     }
 
     #[test]

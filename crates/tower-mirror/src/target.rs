@@ -22,6 +22,10 @@ pub struct Target {
     /// Sampling is deterministic: of any 100 consecutive eligible requests, exactly this many
     /// are mirrored, evenly spread (50 % is every other request).
     pub percentage: u32,
+    /// Speak HTTP/2 to this target: with prior knowledge (h2c) on `http`, and over TLS on
+    /// `https` whatever ALPN offers. gRPC servers need it. Default `false`: HTTP/1.1 on
+    /// `http`, and on `https` whichever of HTTP/2 and HTTP/1.1 the target chooses.
+    pub http2: bool,
 }
 
 impl Target {
@@ -38,7 +42,20 @@ impl Target {
         Self {
             url: url.into(),
             percentage,
+            http2: false,
         }
+    }
+
+    /// This target, spoken to over HTTP/2 only (see [`Target::http2`](Self::http2)).
+    ///
+    /// ```
+    /// // A gRPC shadow: HTTP/2 with prior knowledge over plain TCP.
+    /// let target = tower_mirror::Target::new("http://127.0.0.1:50051").with_http2();
+    /// assert!(target.http2);
+    /// ```
+    pub fn with_http2(mut self) -> Self {
+        self.http2 = true;
+        self
     }
 }
 

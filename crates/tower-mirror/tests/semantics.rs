@@ -1202,3 +1202,26 @@ async fn drain_waits_for_mirrors_in_flight_and_reports_what_it_abandons() {
     assert!(drained.await.unwrap().is_complete());
     assert_eq!(layer.stats().targets[0].responded, 2);
 }
+
+#[test]
+fn a_runtime_without_timers_skips_mirrors_instead_of_panicking() {
+    // Built without `enable_time`: each mirror's timeout could not run on it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for mode in [Mode::Async, Mode::Sync] {
+        let layer = MirrorLayer::with_options(Options {
+            mode,
+            ..options(vec![Target::new("http://127.0.0.1:9")])
+        })
+        .unwrap();
+        let inner = tower::service_fn(|_: Request<TeeBody<Full<Bytes>>>| async {
+            Ok::<_, Infallible>("served")
+        });
+        let service = tower::Layer::layer(&layer, inner);
+        let request = Request::get("/x").body(Full::default()).unwrap();
+        let answer = runtime.block_on(service.oneshot(request)).unwrap();
+        assert_eq!(answer, "served", "{mode:?}");
+        assert_eq!(layer.stats().targets[0].skipped.no_runtime, 1, "{mode:?}");
+    }
+}
