@@ -146,29 +146,37 @@ impl PendingMirror {
         }
     }
 
-    /// Spawns one task per chosen target that still has room, and returns their handles (a
-    /// sync-mode request waits on them; async mode lets them go).
-    pub(crate) fn send(self, payload: Option<Arc<Payload>>) -> Vec<JoinHandle<()>> {
+    /// Sends the mirrors in the background, one task per chosen target that still has room.
+    pub(crate) fn send(self, payload: Option<Arc<Payload>>) {
+        self.spawn_each(payload, drop);
+    }
+
+    /// Like [`send`](Self::send), returning the tasks so that a sync-mode request can wait
+    /// for them.
+    pub(crate) fn send_and_track(self, payload: Option<Arc<Payload>>) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        self.spawn_each(payload, |task| tasks.push(task));
+        tasks
+    }
+
+    fn spawn_each(self, payload: Option<Arc<Payload>>, mut spawned: impl FnMut(JoinHandle<()>)) {
         let Some(runtime) = runtime() else {
             self.skip(SkipReason::NoRuntime);
-            return Vec::new();
+            return;
         };
-        let mut tasks = Vec::new();
         for index in self.targets.iter() {
+            let counters = &self.shared.targets[index].counters;
             let Some(slot) = InFlight::acquire(&self.shared, index) else {
-                let counters = &self.shared.targets[index].counters;
                 counters.dropped_overload.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            let counters = &self.shared.targets[index].counters;
             counters.sent.fetch_add(1, Ordering::Relaxed);
             let body = payload
                 .clone()
                 .map_or_else(MirrorBody::empty, MirrorBody::from_payload);
             let snapshot = Arc::clone(&self.snapshot);
-            tasks.push(runtime.spawn(mirror_one(slot, snapshot, body)));
+            spawned(runtime.spawn(mirror_one(slot, snapshot, body)));
         }
-        tasks
     }
 }
 

@@ -152,7 +152,7 @@ impl<S> Mirror<S> {
                 pending.skip(SkipReason::NoRuntime);
                 (TeeBody::plain(body), Vec::new())
             } else if !shared.copy_body || body.is_end_stream() {
-                (TeeBody::plain(body), pending.send(None))
+                (TeeBody::plain(body), pending.send_and_track(None))
             } else if body.size_hint().lower() > shared.max_body_bytes as u64 {
                 pending.skip(SkipReason::BodyTooLarge);
                 (TeeBody::plain(body), Vec::new())
@@ -161,7 +161,7 @@ impl<S> Mirror<S> {
                 let (body, payload) =
                     read_ahead(body, shared.max_body_bytes, reservation, shared.timeout).await;
                 let mirrors = match payload {
-                    Ok(payload) => pending.send(Some(payload)),
+                    Ok(payload) => pending.send_and_track(Some(payload)),
                     Err(reason) => {
                         pending.skip(reason);
                         Vec::new()
