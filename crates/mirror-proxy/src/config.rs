@@ -1,0 +1,597 @@
+//! Configuration: command-line flags over an optional TOML file over defaults, validated into
+//! one [`Config`]. Every error is one line that names the flag, key or value at fault.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use http::Uri;
+use http::uri::Scheme;
+use serde::Deserialize;
+use tower_mirror::{Options, Target};
+
+use crate::units::{parse_duration, parse_size};
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mirror-proxy",
+    version,
+    about = "A reverse proxy that forwards to one upstream and mirrors traffic to shadow targets.",
+    long_about = "A reverse proxy that forwards every request to one upstream and mirrors (shadows) \
+                  copies to other targets, without changing or slowing the original request.\n\n\
+                  Example:\n  mirror-proxy --listen 127.0.0.1:8080 --upstream http://127.0.0.1:3000 \
+                  --mirror http://127.0.0.1:4000 --mirror http://127.0.0.1:5000=10\n\n\
+                  Every flag can also be set in a TOML file given with --config; flags override the \
+                  file. Sizes take units (4MiB, 512KB), durations too (750ms, 5s, 1m30s).",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a primary app and two shadow apps on loopback, put the proxy in front, drive a
+    /// burst of traffic and show what each target got. No setup needed.
+    Demo(DemoArgs),
+}
+
+/// Flags of `mirror-proxy demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How long to keep serving after the burst, for trying it by hand (default: until Ctrl-C).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// How many requests the burst sends.
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    pub requests: usize,
+}
+
+/// Flags of the proxy itself.
+#[derive(Debug, Default, Args)]
+pub struct RunArgs {
+    /// Address to accept client connections on (HTTP/1.1 and h2c) [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Where every request is forwarded: http:// or https:// URL, optionally with a path prefix.
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// A shadow target, URL=PERCENT for a share of requests (default 100). Repeatable; given
+    /// here, replaces the config file's targets. Without any, a plain reverse proxy.
+    #[arg(long = "mirror", value_name = "URL[=PERCENT]")]
+    pub mirrors: Vec<String>,
+    /// The most one mirror exchange may take [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Wait for the mirrors before forwarding the request upstream (adds up to one timeout).
+    #[arg(long)]
+    pub sync: bool,
+    /// Mirror requests with an empty body.
+    #[arg(long)]
+    pub no_copy_body: bool,
+    /// The largest request body that is mirrored; longer ones are forwarded, not mirrored
+    /// [default: 4MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_body: Option<usize>,
+    /// Body bytes held, in all, for mirrors not yet finished [default: 32MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_buffered: Option<usize>,
+    /// Mirrors in flight per target; beyond it new mirrors are dropped and counted
+    /// [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<usize>,
+    /// The longest wait for the upstream's response head before answering 504 [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub upstream_timeout: Option<Duration>,
+    /// Serve /metrics (Prometheus), /stats (JSON) and /healthz on this address; off unless
+    /// given. Bind it to loopback: it is not authenticated.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// On SIGINT/SIGTERM, how long to wait for mirrors still in flight [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
+    /// A TOML file with any of these settings, plus per-target ones ([[mirror]] tables).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// A configuration error: one line, naming the flag, key or value at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn error(message: impl Into<String>) -> ConfigError {
+    ConfigError(message.into())
+}
+
+/// The settings a config file may hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    upstream: Option<String>,
+    #[serde(default, rename = "mirror")]
+    mirrors: Vec<FileMirror>,
+    timeout: Option<HumanDuration>,
+    sync: Option<bool>,
+    copy_body: Option<bool>,
+    max_body: Option<HumanSize>,
+    max_buffered: Option<HumanSize>,
+    max_in_flight: Option<usize>,
+    upstream_timeout: Option<HumanDuration>,
+    admin: Option<SocketAddr>,
+    drain_timeout: Option<HumanDuration>,
+    log_format: Option<LogFormat>,
+}
+
+/// One `[[mirror]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMirror {
+    url: String,
+    #[serde(default = "all")]
+    percentage: u32,
+    /// HTTP/2 only (with prior knowledge on http://), for gRPC shadows.
+    #[serde(default)]
+    http2: bool,
+}
+
+fn all() -> u32 {
+    100
+}
+
+/// A duration written with a unit, such as `"750ms"`.
+#[derive(Debug, Clone, Copy)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A size: a number of bytes, or a string with a unit such as `"4MiB"`.
+#[derive(Debug, Clone, Copy)]
+struct HumanSize(usize);
+
+impl<'de> Deserialize<'de> for HumanSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Bytes(n) => usize::try_from(n)
+                .map(HumanSize)
+                .map_err(|_| serde::de::Error::custom("size too large")),
+            Raw::Text(text) => parse_size(&text)
+                .map(HumanSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The upstream every request is forwarded to.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// As configured.
+    pub url: String,
+    pub scheme: Scheme,
+    pub authority: http::uri::Authority,
+    /// The path prefix, without its trailing slash.
+    pub prefix: String,
+}
+
+impl Upstream {
+    fn parse(url: &str) -> Result<Self, ConfigError> {
+        let invalid = |reason: &str| error(format!("--upstream {url:?}: {reason}"));
+        if url.contains('?') || url.contains('#') {
+            return Err(invalid("a base URL cannot have a query or fragment"));
+        }
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| invalid(&format!("not a URL ({e})")))?;
+        let scheme = match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
+            _ => return Err(invalid("use an http:// or https:// URL")),
+        };
+        let authority = uri
+            .authority()
+            .filter(|a| !a.host().is_empty() && !a.as_str().contains('@'))
+            .cloned()
+            .ok_or_else(|| invalid("needs a host (and no user information)"))?;
+        Ok(Self {
+            url: url.to_owned(),
+            scheme,
+            authority,
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+/// Everything the proxy runs with, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub upstream: Upstream,
+    pub upstream_timeout: Duration,
+    /// The mirroring options (targets included); `targets` is empty for a plain proxy.
+    pub mirror: MirrorSettings,
+    pub admin: Option<SocketAddr>,
+    pub drain_timeout: Duration,
+    pub log_format: LogFormat,
+}
+
+/// What is handed to tower-mirror.
+#[derive(Debug, Clone)]
+pub struct MirrorSettings {
+    pub targets: Vec<Target>,
+    pub timeout: Duration,
+    pub sync: bool,
+    pub copy_body: bool,
+    pub max_body: usize,
+    pub max_buffered: usize,
+    pub max_in_flight: usize,
+}
+
+impl MirrorSettings {
+    /// The layer's options (callbacks are added by the caller).
+    pub fn options(&self) -> Options {
+        Options {
+            targets: self.targets.clone(),
+            timeout: self.timeout,
+            mode: if self.sync {
+                tower_mirror::Mode::Sync
+            } else {
+                tower_mirror::Mode::Async
+            },
+            copy_body: self.copy_body,
+            max_body_bytes: self.max_body,
+            max_buffered_bytes: self.max_buffered,
+            max_in_flight: self.max_in_flight,
+            ..Options::default()
+        }
+    }
+}
+
+impl Config {
+    /// The default listen address.
+    pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+    /// The default longest wait for the upstream's response head.
+    pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+    /// The default time given to mirrors in flight at shutdown.
+    pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// Flags over the file they name (if any) over the defaults.
+    pub fn load(args: &RunArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(args, file)
+    }
+
+    fn merge(args: &RunArgs, file: FileConfig) -> Result<Self, ConfigError> {
+        let defaults = Options::default();
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| Self::DEFAULT_LISTEN.parse().expect("a valid literal"));
+        let upstream = args.upstream.clone().or(file.upstream).ok_or_else(|| {
+            error("--upstream is required (or `upstream` in the config file): where to forward requests")
+        })?;
+        let upstream = Upstream::parse(&upstream)?;
+        let targets = if args.mirrors.is_empty() {
+            file.mirrors
+                .into_iter()
+                .map(|m| {
+                    let target = Target::percentage(m.url, m.percentage);
+                    if m.http2 { target.with_http2() } else { target }
+                })
+                .collect()
+        } else {
+            args.mirrors
+                .iter()
+                .map(|flag| parse_mirror_flag(flag))
+                .collect::<Result<_, _>>()?
+        };
+        let mirror = MirrorSettings {
+            targets,
+            timeout: args
+                .timeout
+                .or(file.timeout.map(|d| d.0))
+                .unwrap_or(defaults.timeout),
+            sync: args.sync || file.sync.unwrap_or(false),
+            copy_body: !args.no_copy_body && file.copy_body.unwrap_or(defaults.copy_body),
+            max_body: args
+                .max_body
+                .or(file.max_body.map(|s| s.0))
+                .unwrap_or(defaults.max_body_bytes),
+            max_buffered: args
+                .max_buffered
+                .or(file.max_buffered.map(|s| s.0))
+                .unwrap_or(defaults.max_buffered_bytes),
+            max_in_flight: args
+                .max_in_flight
+                .or(file.max_in_flight)
+                .unwrap_or(defaults.max_in_flight),
+        };
+        let config = Self {
+            listen,
+            upstream,
+            upstream_timeout: args
+                .upstream_timeout
+                .or(file.upstream_timeout.map(|d| d.0))
+                .unwrap_or(Self::DEFAULT_UPSTREAM_TIMEOUT),
+            mirror,
+            admin: args.admin.or(file.admin),
+            drain_timeout: args
+                .drain_timeout
+                .or(file.drain_timeout.map(|d| d.0))
+                .unwrap_or(Self::DEFAULT_DRAIN_TIMEOUT),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// What tower-mirror does not check itself.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.upstream_timeout.is_zero() {
+            return Err(error("--upstream-timeout must be greater than zero"));
+        }
+        if !self.mirror.targets.is_empty() {
+            // The layer's own checks name the target or option at fault.
+            tower_mirror::MirrorLayer::with_options(self.mirror.options())
+                .map_err(|e| error(format!("{e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// `URL` or `URL=PERCENT`.
+fn parse_mirror_flag(flag: &str) -> Result<Target, ConfigError> {
+    match flag.rsplit_once('=') {
+        Some((url, percent))
+            if !percent.is_empty()
+                && !url.is_empty()
+                && percent.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            let percentage = percent.parse().map_err(|_| {
+                error(format!(
+                    "--mirror {flag:?}: percentage {percent} is over 100"
+                ))
+            })?;
+            Ok(Target::percentage(url, percentage))
+        }
+        _ => Ok(Target::new(flag)),
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| error(format!("--config {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        let message = e.message().replace('\n', " ");
+        match line {
+            Some(line) => error(format!(
+                "config file {}, line {line}: {message}",
+                path.display()
+            )),
+            None => error(format!("config file {}: {message}", path.display())),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(flags: &[&str]) -> RunArgs {
+        let mut argv = vec!["mirror-proxy"];
+        argv.extend_from_slice(flags);
+        Cli::try_parse_from(argv).unwrap().run
+    }
+
+    fn file(text: &str) -> FileConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn flags_alone() {
+        let config = Config::merge(
+            &args(&[
+                "--upstream",
+                "http://127.0.0.1:3000/base/",
+                "--mirror",
+                "http://127.0.0.1:4000",
+                "--mirror",
+                "http://127.0.0.1:5000=10",
+                "--timeout",
+                "750ms",
+                "--max-body",
+                "1MiB",
+                "--no-copy-body",
+                "--sync",
+            ]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.upstream.prefix, "/base");
+        let targets: Vec<_> = config
+            .mirror
+            .targets
+            .iter()
+            .map(|t| (t.url.as_str(), t.percentage))
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                ("http://127.0.0.1:4000", 100),
+                ("http://127.0.0.1:5000", 10)
+            ]
+        );
+        assert_eq!(config.mirror.timeout, Duration::from_millis(750));
+        assert_eq!(config.mirror.max_body, 1 << 20);
+        assert!(config.mirror.sync && !config.mirror.copy_body);
+        assert_eq!(config.drain_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let text = r#"
+            listen = "127.0.0.1:9000"
+            upstream = "http://file-upstream:3000"
+            timeout = "2s"
+            max_body = 1024
+            max_in_flight = 8
+            log_format = "json"
+
+            [[mirror]]
+            url = "http://shadow-a:4000"
+            percentage = 50
+
+            [[mirror]]
+            url = "http://grpc-shadow:50051"
+            http2 = true
+        "#;
+        let from_file = Config::merge(&args(&[]), file(text)).unwrap();
+        assert_eq!(from_file.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(from_file.mirror.timeout, Duration::from_secs(2));
+        assert_eq!(from_file.mirror.max_body, 1024);
+        assert_eq!(from_file.mirror.max_in_flight, 8);
+        assert_eq!(from_file.log_format, LogFormat::Json);
+        assert_eq!(from_file.mirror.targets.len(), 2);
+        assert_eq!(from_file.mirror.targets[0].percentage, 50);
+        assert!(from_file.mirror.targets[1].http2);
+        assert_eq!(from_file.mirror.targets[1].percentage, 100);
+
+        let overridden = Config::merge(
+            &args(&[
+                "--listen",
+                "127.0.0.1:9100",
+                "--timeout",
+                "300ms",
+                "--mirror",
+                "http://flag-shadow=5",
+            ]),
+            file(text),
+        )
+        .unwrap();
+        assert_eq!(overridden.listen, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(overridden.mirror.timeout, Duration::from_millis(300));
+        assert_eq!(overridden.mirror.max_in_flight, 8, "not overridden, kept");
+        assert_eq!(overridden.upstream.url, "http://file-upstream:3000");
+        assert_eq!(
+            overridden.mirror.targets.len(),
+            1,
+            "flag targets replace the file's"
+        );
+        assert_eq!(overridden.mirror.targets[0].url, "http://flag-shadow");
+    }
+
+    #[test]
+    fn errors_name_what_is_wrong() {
+        let err = |flags: &[&str]| {
+            Config::merge(&args(flags), FileConfig::default())
+                .unwrap_err()
+                .0
+        };
+        assert!(err(&[]).contains("--upstream is required"));
+        assert!(err(&["--upstream", "ftp://x"]).contains("--upstream \"ftp://x\""));
+        let text = err(&["--upstream", "http://u", "--mirror", "http://m=150"]);
+        assert!(
+            text.contains("\"http://m\"") && text.contains("150"),
+            "{text}"
+        );
+        let text = err(&["--upstream", "http://u", "--mirror", "gopher://m"]);
+        assert!(text.contains("gopher://m"), "{text}");
+        let text = err(&[
+            "--upstream",
+            "http://u",
+            "--mirror",
+            "http://m",
+            "--max-in-flight",
+            "0",
+        ]);
+        assert!(text.contains("max_in_flight"), "{text}");
+        let text = err(&["--upstream", "http://u", "--upstream-timeout", "0s"]);
+        assert!(text.contains("--upstream-timeout"), "{text}");
+    }
+
+    #[test]
+    fn file_errors_are_one_line_with_the_key() {
+        let dir = std::env::temp_dir().join(format!("mirror-proxy-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(
+            &path,
+            "upstream = \"http://u\"\nlisten_adress = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let text = read_file(&path).unwrap_err().0;
+        assert!(
+            text.contains("line 2") && text.contains("listen_adress"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'));
+        std::fs::write(&path, "upstream = \"http://u\"\ntimeout = \"5 parsecs\"\n").unwrap();
+        let text = read_file(&path).unwrap_err().0;
+        assert!(
+            text.contains("line 2") && text.contains("5 parsecs"),
+            "{text}"
+        );
+        let text = read_file(&dir.join("missing.toml")).unwrap_err().0;
+        assert!(
+            text.starts_with("--config ") && text.contains("missing.toml"),
+            "{text}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn mirror_flags() {
+        let t = parse_mirror_flag("http://h:1=25").unwrap();
+        assert_eq!((t.url.as_str(), t.percentage), ("http://h:1", 25));
+        let t = parse_mirror_flag("http://h:1").unwrap();
+        assert_eq!((t.url.as_str(), t.percentage), ("http://h:1", 100));
+        assert!(parse_mirror_flag("http://h=99999999999").is_err());
+    }
+}

@@ -1,0 +1,374 @@
+//! The primary path: forward each request to the upstream and stream its answer back.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tower::Service;
+
+use crate::config::Upstream;
+use crate::telemetry::{Telemetry, UpstreamError};
+
+/// The body of a response to the client: the upstream's, streamed, or a short error text.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What every connection's forwarding service shares.
+pub struct ForwardShared<B> {
+    client: Client<HttpsConnector<HttpConnector>, B>,
+    upstream: Upstream,
+    timeout: Duration,
+    telemetry: Arc<Telemetry>,
+}
+
+impl<B> ForwardShared<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// A pooled keep-alive client to `upstream` (HTTP/1.1; HTTPS through rustls with the
+    /// Mozilla roots, HTTP/2 where ALPN picks it).
+    pub fn new(upstream: Upstream, timeout: Duration, telemetry: Arc<Telemetry>) -> Arc<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the protocol versions rustls considers safe")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(https);
+        Arc::new(Self {
+            client,
+            upstream,
+            timeout,
+            telemetry,
+        })
+    }
+}
+
+/// Forwards requests from one client connection to the upstream.
+pub struct Forward<B> {
+    shared: Arc<ForwardShared<B>>,
+    client_addr: SocketAddr,
+}
+
+impl<B> Forward<B> {
+    /// The service for a connection from `client_addr`.
+    pub fn new(shared: Arc<ForwardShared<B>>, client_addr: SocketAddr) -> Self {
+        Self {
+            shared,
+            client_addr,
+        }
+    }
+}
+
+impl<B> Clone for Forward<B> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            client_addr: self.client_addr,
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for Forward<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        let client_addr = self.client_addr;
+        Box::pin(async move {
+            let response = forward(&shared, client_addr, request).await;
+            shared.telemetry.record_primary(response.status());
+            Ok(response)
+        })
+    }
+}
+
+async fn forward<B>(
+    shared: &ForwardShared<B>,
+    client_addr: SocketAddr,
+    mut request: Request<B>,
+) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let upgrade = wants_upgrade(request.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let Some(uri) = upstream_uri(&shared.upstream, request.uri()) else {
+        return short(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: the request target has no path\n",
+        );
+    };
+    prepare_request(&mut request, uri, client_addr, upgrade);
+
+    let started = Instant::now();
+    let sent = tokio::time::timeout(shared.timeout, shared.client.request(request)).await;
+    let mut response = match sent {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "upstream unavailable");
+            shared
+                .telemetry
+                .record_upstream_error(UpstreamError::Unavailable);
+            return short(
+                StatusCode::BAD_GATEWAY,
+                "502 Bad Gateway: the upstream refused or dropped the connection\n",
+            );
+        }
+        Err(_elapsed) => {
+            shared
+                .telemetry
+                .record_upstream_error(UpstreamError::Timeout);
+            return short(
+                StatusCode::GATEWAY_TIMEOUT,
+                "504 Gateway Timeout: the upstream did not answer in time\n",
+            );
+        }
+    };
+    shared.telemetry.record_upstream_latency(started.elapsed());
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(splice(client_upgrade, upstream_upgrade));
+            // The 101 keeps its Connection and Upgrade headers: they are the answer.
+            return response.map(|_| Either::Right(Full::default()));
+        }
+    }
+    strip_hop_by_hop(response.headers_mut());
+    response.map(Either::Left)
+}
+
+/// Joins the client's and the upstream's upgraded connections until either side closes.
+async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
+        return;
+    };
+    let _ =
+        tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
+}
+
+fn short(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
+        text.as_bytes(),
+    ))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// `Connection: upgrade` with an `Upgrade` header: WebSocket and friends.
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).any(|token| token.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+/// The upstream's scheme and authority, its path prefix, then the request's path and query.
+fn upstream_uri(upstream: &Upstream, original: &Uri) -> Option<Uri> {
+    let path = original.path();
+    if !path.starts_with('/') {
+        return None;
+    }
+    let mut path_and_query = String::with_capacity(upstream.prefix.len() + path.len() + 16);
+    path_and_query.push_str(&upstream.prefix);
+    path_and_query.push_str(path);
+    if let Some(query) = original.query() {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
+    Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .ok()
+}
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1), plus `Proxy-Authorization`,
+/// which is addressed to this proxy and goes no further.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(&HOP_BY_HOP) {
+        headers.remove(name);
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Turns the client's request into the upstream's: new URI, hop-by-hop headers out (but for an
+/// upgrade's own), `Host` kept, `X-Forwarded-*` set.
+fn prepare_request<B>(request: &mut Request<B>, uri: Uri, client_addr: SocketAddr, upgrade: bool) {
+    let host = request.headers().get(header::HOST).cloned().or_else(|| {
+        let authority = request.uri().authority()?;
+        HeaderValue::from_str(authority.as_str()).ok()
+    });
+    let upgrade_protocol = request.headers().get(header::UPGRADE).cloned();
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers);
+    if let (true, Some(protocol)) = (upgrade, upgrade_protocol) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+    if let Some(host) = host {
+        headers.insert(header::HOST, host.clone());
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    let client_ip = client_addr.ip().to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {client_ip}"),
+        None => client_ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(url: &str) -> Upstream {
+        let uri: Uri = url.parse().unwrap();
+        Upstream {
+            url: url.to_owned(),
+            scheme: uri.scheme().unwrap().clone(),
+            authority: uri.authority().unwrap().clone(),
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+        }
+    }
+
+    #[test]
+    fn upstream_uris() {
+        let cases = [
+            ("http://u:3000", "/a?b=1", "http://u:3000/a?b=1"),
+            ("http://u:3000/", "/a", "http://u:3000/a"),
+            ("https://u/base/", "/a/b?c", "https://u/base/a/b?c"),
+        ];
+        for (base, original, expected) in cases {
+            let uri = upstream_uri(&upstream(base), &original.parse().unwrap()).unwrap();
+            assert_eq!(uri, expected);
+        }
+        assert!(upstream_uri(&upstream("http://u"), &"*".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn requests_are_prepared_for_the_upstream() {
+        let mut request = Request::post("/orders")
+            .header("host", "shop.example")
+            .header("connection", "keep-alive, x-hop")
+            .header("x-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authorization", "Basic eA==")
+            .header("te", "trailers")
+            .header("x-forwarded-for", "10.0.0.1")
+            .header("accept", "a")
+            .header("accept", "b")
+            .body(())
+            .unwrap();
+        let uri: Uri = "http://u:3000/orders".parse().unwrap();
+        prepare_request(&mut request, uri, "192.0.2.7:5555".parse().unwrap(), false);
+        let h = request.headers();
+        for gone in [
+            "connection",
+            "x-hop",
+            "keep-alive",
+            "proxy-authorization",
+            "te",
+        ] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        assert_eq!(h["host"], "shop.example");
+        assert_eq!(h["x-forwarded-host"], "shop.example");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h.get_all("accept").iter().count(), 2);
+        assert_eq!(request.version(), Version::HTTP_11);
+    }
+
+    #[test]
+    fn upgrades_keep_their_own_headers() {
+        let mut request = Request::get("/ws")
+            .header("host", "h")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert!(wants_upgrade(request.headers()));
+        let uri: Uri = "http://u/ws".parse().unwrap();
+        prepare_request(&mut request, uri, "127.0.0.1:1".parse().unwrap(), true);
+        assert_eq!(request.headers()["connection"], "upgrade");
+        assert_eq!(request.headers()["upgrade"], "websocket");
+    }
+}

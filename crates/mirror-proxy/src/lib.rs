@@ -1,0 +1,55 @@
+//! `mirror-proxy`: a reverse proxy that forwards every request to one upstream and mirrors
+//! copies to shadow targets with [`tower_mirror`], for services written in any language.
+//!
+//! The binary is the product; this library is its parts, so that the demo can run a proxy
+//! in-process.
+#![allow(missing_docs)]
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod forward;
+pub mod server;
+pub mod telemetry;
+mod units;
+
+pub use config::{Cli, Command, Config, ConfigError, LogFormat};
+pub use server::{Proxy, ShutdownReport};
+
+/// Logs to stderr, as text or JSON; `RUST_LOG` filters (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -1,0 +1,90 @@
+//! The `mirror-proxy` command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+use mirror_proxy::{Cli, Command, Config, Proxy};
+
+/// Exit code for configuration errors.
+const BAD_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error)
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            // clap's first line names the flag and the value; usage hints follow on others.
+            let rendered = error.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!("mirror-proxy: {first}");
+            return ExitCode::from(BAD_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("mirror-proxy: error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Some(Command::Demo(args)) => runtime.block_on(mirror_proxy::demo::run(args)),
+        None => runtime.block_on(run(cli)),
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let config = match Config::load(&cli.run) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("mirror-proxy: error: {error}");
+            return ExitCode::from(BAD_CONFIG);
+        }
+    };
+    mirror_proxy::init_logging(config.log_format);
+    let proxy = match Proxy::bind(config.clone()).await {
+        Ok(proxy) => proxy,
+        Err(error) => {
+            eprintln!("mirror-proxy: error: {error}");
+            return ExitCode::from(BAD_CONFIG);
+        }
+    };
+    // One line each on stdout, for scripts and tests that started us on port 0.
+    println!("listening on {}", proxy.local_addr());
+    if let Some(admin) = proxy.admin_addr() {
+        println!("admin on {admin}");
+    }
+    tracing::info!(
+        listen = %proxy.local_addr(),
+        upstream = %config.upstream.url,
+        mirrors = ?config.mirror.targets.iter().map(|t| format!("{}={}%", t.url, t.percentage)).collect::<Vec<_>>(),
+        mode = if config.mirror.sync { "sync" } else { "async" },
+        "mirror-proxy started"
+    );
+
+    let report = proxy.serve(mirror_proxy::shutdown_signal()).await;
+    let abandoned = report.mirrors.as_ref().map_or(0, |m| m.abandoned());
+    if report.connections_abandoned > 0 || abandoned > 0 {
+        tracing::warn!(
+            connections = report.connections_abandoned,
+            mirrors = abandoned,
+            per_target = ?report.mirrors.map(|m| m.in_flight),
+            "shut down after the drain timeout, abandoning work in flight"
+        );
+    } else {
+        tracing::info!("shut down cleanly: every request and mirror finished");
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,393 @@
+//! What the proxy counts and shows: primary and mirror counters, latency histograms, the
+//! Prometheus exposition, the `/stats` JSON, and rate-limited logs of failed mirrors.
+
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::{Value, json};
+use tower_mirror::{MirrorError, MirrorLayer, MirrorResponse};
+
+/// Histogram buckets for Prometheus, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// How often a failing target may write a log line.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Upper bounds of the in-process latency buckets, in microseconds: 1 µs to ~10 min,
+/// each 10 % above the last, so a quantile is known to within 10 %.
+static BOUNDS_US: LazyLock<Vec<u64>> = LazyLock::new(|| {
+    let mut bounds = vec![1u64];
+    while *bounds.last().expect("non-empty") < 600_000_000 {
+        let last = *bounds.last().expect("non-empty");
+        bounds.push((last + last / 10).max(last + 1));
+    }
+    bounds
+});
+
+/// A lock-free latency histogram for quantiles (p50, p99) in `/stats` and the demo.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    counts: Box<[AtomicU64]>,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self {
+            counts: (0..=BOUNDS_US.len()).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    /// Counts one observation.
+    pub fn record(&self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let bucket = BOUNDS_US.partition_point(|&bound| bound < micros);
+        self.counts[bucket].fetch_add(1, Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// The latency under which a fraction `q` (0 to 1) of observations fall, to within 10 %;
+    /// `None` before the first observation.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (bucket, count) in counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                let micros = BOUNDS_US.get(bucket).copied().unwrap_or(u64::MAX);
+                return Some(Duration::from_micros(micros));
+            }
+        }
+        None
+    }
+
+    fn summary_ms(&self) -> Value {
+        let ms = |q| self.quantile(q).map(|d| d.as_secs_f64() * 1000.0);
+        json!({ "count": self.count(), "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99) })
+    }
+}
+
+/// Responses by status class: 1xx to 5xx.
+#[derive(Debug, Default)]
+pub struct StatusClasses([AtomicU64; 5]);
+
+impl StatusClasses {
+    const LABELS: [&'static str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+    fn record(&self, status: StatusCode) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.0[class].fetch_add(1, Relaxed);
+    }
+
+    /// Each class with its count.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Self::LABELS
+            .iter()
+            .zip(&self.0)
+            .map(|(label, count)| (*label, count.load(Relaxed)))
+    }
+
+    /// The count of one class, such as `"5xx"`.
+    pub fn get(&self, label: &str) -> u64 {
+        self.iter().find(|(l, _)| *l == label).map_or(0, |(_, n)| n)
+    }
+
+    fn json(&self) -> Value {
+        Value::Object(self.iter().map(|(l, n)| (l.to_owned(), json!(n))).collect())
+    }
+}
+
+/// Why the upstream did not answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// Refused, unreachable, or reset: answered 502.
+    Unavailable,
+    /// No response head within the upstream timeout: answered 504.
+    Timeout,
+}
+
+/// The primary path's counters.
+#[derive(Debug, Default)]
+pub struct PrimaryStats {
+    /// Responses to clients, by status class (502 and 504 included).
+    pub responses: StatusClasses,
+    /// Requests the upstream did not answer: refused or reset.
+    pub upstream_unavailable: AtomicU64,
+    /// Requests the upstream did not answer in time.
+    pub upstream_timeouts: AtomicU64,
+    /// Time from forwarding a request to the upstream's response head.
+    pub upstream_latency: LatencyHistogram,
+}
+
+/// Per mirror target: what tower-mirror's counters don't hold.
+#[derive(Debug)]
+pub struct TargetTelemetry {
+    /// The URL as configured.
+    pub url: String,
+    /// Time to the target's response head.
+    pub latency: LatencyHistogram,
+    /// The target's responses by status class.
+    pub responses: StatusClasses,
+    last_log_ms: AtomicU64,
+    unlogged_failures: AtomicU64,
+}
+
+/// Everything the proxy records.
+#[derive(Debug)]
+pub struct Telemetry {
+    started: Instant,
+    /// The primary path.
+    pub primary: PrimaryStats,
+    /// Mirror targets, in configured order.
+    pub targets: Box<[TargetTelemetry]>,
+    prometheus: Option<PrometheusHandle>,
+}
+
+impl Telemetry {
+    /// Counters for these targets; with `prometheus`, also installs the process-wide metrics
+    /// recorder that `/metrics` renders.
+    pub fn new<'a>(targets: impl IntoIterator<Item = &'a str>, prometheus: bool) -> Self {
+        let prometheus = prometheus.then(install_prometheus).flatten();
+        Self {
+            started: Instant::now(),
+            primary: PrimaryStats::default(),
+            targets: targets
+                .into_iter()
+                .map(|url| TargetTelemetry {
+                    url: url.to_owned(),
+                    latency: LatencyHistogram::default(),
+                    responses: StatusClasses::default(),
+                    // "Long ago", so the first failure is logged.
+                    last_log_ms: AtomicU64::new(0),
+                    unlogged_failures: AtomicU64::new(0),
+                })
+                .collect(),
+            prometheus,
+        }
+    }
+
+    fn target(&self, url: &str) -> Option<&TargetTelemetry> {
+        self.targets.iter().find(|t| t.url == url)
+    }
+
+    /// A response to the client.
+    pub fn record_primary(&self, status: StatusCode) {
+        self.primary.responses.record(status);
+        metrics::counter!("proxy_requests_total", "status_class" => class_label(status))
+            .increment(1);
+    }
+
+    /// The upstream's response head arrived after `latency`.
+    pub fn record_upstream_latency(&self, latency: Duration) {
+        self.primary.upstream_latency.record(latency);
+        metrics::histogram!("proxy_upstream_latency_seconds").record(latency.as_secs_f64());
+    }
+
+    /// The upstream failed to answer.
+    pub fn record_upstream_error(&self, error: UpstreamError) {
+        let (counter, kind) = match error {
+            UpstreamError::Unavailable => (&self.primary.upstream_unavailable, "unavailable"),
+            UpstreamError::Timeout => (&self.primary.upstream_timeouts, "timeout"),
+        };
+        counter.fetch_add(1, Relaxed);
+        metrics::counter!("proxy_upstream_errors_total", "kind" => kind).increment(1);
+    }
+
+    /// tower-mirror's `on_success`.
+    pub fn mirror_succeeded(&self, url: &str, response: &MirrorResponse) {
+        let Some(target) = self.target(url) else {
+            return;
+        };
+        target.latency.record(response.latency());
+        target.responses.record(response.status());
+        metrics::histogram!("mirror_latency_seconds", "target" => url.to_owned())
+            .record(response.latency().as_secs_f64());
+        metrics::counter!(
+            "mirror_responses_total",
+            "target" => url.to_owned(),
+            "status_class" => class_label(response.status())
+        )
+        .increment(1);
+    }
+
+    /// tower-mirror's `on_error`: one log line per target per second at most, so a dead
+    /// target cannot flood the log; the lines in between are counted and reported.
+    pub fn mirror_failed(&self, url: &str, error: &MirrorError) {
+        let Some(target) = self.target(url) else {
+            return;
+        };
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
+        let last = target.last_log_ms.load(Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64;
+        if due
+            && target
+                .last_log_ms
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            let suppressed = target.unlogged_failures.swap(0, Relaxed);
+            tracing::warn!(
+                target = url,
+                error = %error,
+                timeout = error.is_timeout(),
+                connect = error.is_connect(),
+                suppressed,
+                "mirror failed"
+            );
+        } else {
+            target.unlogged_failures.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The Prometheus text exposition: the recorder's metrics, with the mirror layer's
+    /// counters brought up to date first.
+    pub fn render_prometheus(&self, mirror: Option<&MirrorLayer>) -> Option<String> {
+        let handle = self.prometheus.as_ref()?;
+        if let Some(mirror) = mirror {
+            export_mirror_counters(mirror);
+        }
+        metrics::gauge!("proxy_uptime_seconds").set(self.started.elapsed().as_secs_f64());
+        handle.run_upkeep();
+        Some(handle.render())
+    }
+
+    /// The `/stats` document.
+    pub fn stats_json(&self, mirror: Option<&MirrorLayer>) -> Value {
+        let primary = &self.primary;
+        let mut document = json!({
+            "uptime_seconds": self.started.elapsed().as_secs_f64(),
+            "primary": {
+                "responses": primary.responses.json(),
+                "upstream_unavailable": primary.upstream_unavailable.load(Relaxed),
+                "upstream_timeouts": primary.upstream_timeouts.load(Relaxed),
+                "upstream_latency_ms": primary.upstream_latency.summary_ms(),
+            },
+        });
+        if let Some(mirror) = mirror {
+            let stats = mirror.stats();
+            let targets: Vec<Value> = stats
+                .targets
+                .iter()
+                .map(|t| {
+                    let extra = self.target(&t.url);
+                    json!({
+                        "url": t.url,
+                        "sampled": t.sampled,
+                        "sent": t.sent,
+                        "responded": t.responded,
+                        "failed": t.failed,
+                        "timed_out": t.timed_out,
+                        "dropped_overload": t.dropped_overload,
+                        "in_flight": t.in_flight,
+                        "skipped": Value::Object(
+                            t.skipped.iter().map(|(r, n)| (r.to_owned(), json!(n))).collect()
+                        ),
+                        "responses": extra.map(|e| e.responses.json()),
+                        "latency_ms": extra.map(|e| e.latency.summary_ms()),
+                    })
+                })
+                .collect();
+            document["mirror"] = json!({
+                "targets": targets,
+                "not_mirrored": Value::Object(
+                    stats.not_mirrored.iter().map(|(r, n)| (r.to_owned(), json!(n))).collect()
+                ),
+                "buffered_bytes": stats.buffered_bytes,
+            });
+        }
+        document
+    }
+}
+
+fn install_prometheus() -> Option<PrometheusHandle> {
+    let builder = PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)
+        .expect("the bucket list is not empty");
+    match builder.install_recorder() {
+        Ok(handle) => Some(handle),
+        Err(error) => {
+            // Only one recorder per process: a second proxy in one process goes without.
+            tracing::warn!(%error, "metrics recorder not installed: /metrics is unavailable");
+            None
+        }
+    }
+}
+
+fn class_label(status: StatusCode) -> &'static str {
+    StatusClasses::LABELS[usize::from(status.as_u16() / 100).clamp(1, 5) - 1]
+}
+
+/// The layer keeps its own counters; Prometheus gets their current values.
+fn export_mirror_counters(mirror: &MirrorLayer) {
+    let stats = mirror.stats();
+    for t in &stats.targets {
+        let target = t.url.clone();
+        for (outcome, n) in [
+            ("responded", t.responded),
+            ("failed", t.failed),
+            ("timed_out", t.timed_out),
+        ] {
+            metrics::counter!("mirror_requests_total", "target" => target.clone(), "outcome" => outcome)
+                .absolute(n);
+        }
+        metrics::counter!("mirror_sampled_total", "target" => target.clone()).absolute(t.sampled);
+        metrics::counter!("mirror_sent_total", "target" => target.clone()).absolute(t.sent);
+        metrics::counter!("mirror_dropped_total", "target" => target.clone(), "reason" => "overload")
+            .absolute(t.dropped_overload);
+        for (reason, n) in t.skipped.iter() {
+            metrics::counter!("mirror_skipped_total", "target" => target.clone(), "reason" => reason)
+                .absolute(n);
+        }
+        metrics::gauge!("mirror_in_flight", "target" => target).set(t.in_flight as f64);
+    }
+    for (reason, n) in stats.not_mirrored.iter() {
+        metrics::counter!("mirror_not_mirrored_total", "reason" => reason).absolute(n);
+    }
+    metrics::gauge!("mirror_buffered_bytes").set(stats.buffered_bytes as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_within_ten_percent() {
+        let histogram = LatencyHistogram::default();
+        assert_eq!(histogram.quantile(0.5), None);
+        for ms in 1..=100 {
+            histogram.record(Duration::from_millis(ms));
+        }
+        assert_eq!(histogram.count(), 100);
+        let p50 = histogram.quantile(0.5).unwrap().as_secs_f64() * 1000.0;
+        let p99 = histogram.quantile(0.99).unwrap().as_secs_f64() * 1000.0;
+        assert!((50.0..=55.0).contains(&p50), "p50 {p50}");
+        assert!((99.0..=108.9).contains(&p99), "p99 {p99}");
+    }
+
+    #[test]
+    fn status_classes() {
+        let classes = StatusClasses::default();
+        for status in [200, 201, 404, 503, 502, 101] {
+            classes.record(StatusCode::from_u16(status).unwrap());
+        }
+        assert_eq!(classes.get("2xx"), 2);
+        assert_eq!(classes.get("4xx"), 1);
+        assert_eq!(classes.get("5xx"), 2);
+        assert_eq!(classes.get("1xx"), 1);
+    }
+}
