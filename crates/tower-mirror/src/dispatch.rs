@@ -21,7 +21,7 @@ use crate::request::{self, RequestSnapshot, X_MIRRORED_FROM};
 use crate::response::MirrorResponse;
 use crate::sample::Sampler;
 use crate::stats::{Ineligible, IneligibleCounters, SkipReason, TargetCounters};
-use crate::target::{Base, Target};
+use crate::target::{CompiledTarget, Target};
 
 /// The most targets one layer supports: sampled targets are kept in a 64-bit set.
 pub(crate) const MAX_TARGETS: usize = 64;
@@ -53,7 +53,7 @@ pub(crate) struct Shared {
 /// One configured target with its sampling and counters.
 pub(crate) struct TargetState {
     pub(crate) target: Target,
-    pub(crate) base: Base,
+    pub(crate) compiled: CompiledTarget,
     pub(crate) sampler: Sampler,
     pub(crate) counters: TargetCounters,
 }
@@ -230,7 +230,7 @@ async fn mirror_one(slot: InFlight, snapshot: Arc<RequestSnapshot>, body: Mirror
     let shared = &*slot.shared;
     let state = &shared.targets[slot.index];
     let counters = &state.counters;
-    let Some(request) = request::build(&snapshot, &state.base, state.target.http2, body) else {
+    let Some(request) = request::build(&snapshot, &state.compiled, body) else {
         // Unreachable: `ineligible` lets only origin-form paths through, and they always join.
         counters.failed.fetch_add(1, Ordering::Relaxed);
         return;

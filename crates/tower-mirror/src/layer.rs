@@ -16,7 +16,7 @@ use crate::options::Options;
 use crate::sample::Sampler;
 use crate::service::Mirror;
 use crate::stats::{IneligibleCounters, MirrorStats, TargetCounters};
-use crate::target::{Base, Target};
+use crate::target::{CompiledTarget, Target};
 
 /// A [`Layer`] that mirrors requests to shadow targets: see the [crate docs](crate).
 ///
@@ -66,7 +66,7 @@ impl MirrorLayer {
             .targets
             .into_iter()
             .map(|target| {
-                let base = Base::parse(&target.url)?;
+                let compiled = CompiledTarget::compile(&target)?;
                 if target.percentage > 100 {
                     return Err(ConfigError::PercentageOutOfRange {
                         url: target.url,
@@ -75,7 +75,7 @@ impl MirrorLayer {
                 }
                 Ok(TargetState {
                     sampler: Sampler::new(target.percentage),
-                    base,
+                    compiled,
                     target,
                     counters: TargetCounters::default(),
                 })

@@ -4,7 +4,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 use crate::body::MirrorBody;
-use crate::target::Base;
+use crate::target::CompiledTarget;
 
 /// The header every mirrored request carries: the original request's host, as received.
 pub const X_MIRRORED_FROM: HeaderName = HeaderName::from_static("x-mirrored-from");
@@ -31,8 +31,9 @@ impl RequestSnapshot {
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those the
 /// mirror replaces with its own (`Host`, `Content-Length`, `X-Mirrored-From`) and `Expect`,
-/// whose `100-continue` handshake belongs to the original client.
-fn is_not_forwarded(name: &HeaderName) -> bool {
+/// whose `100-continue` handshake belongs to the original client. A target's header rules
+/// may not name them either.
+pub(crate) fn is_reserved(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"
@@ -84,17 +85,17 @@ fn original_host(snapshot: &RequestSnapshot) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from_static(""))
 }
 
-/// Builds the mirrored request for the target at `base`, as HTTP/2 when `http2`, else
-/// HTTP/1.1.
+/// Builds the mirrored request for `target`: HTTP/2 when it asks for it, else HTTP/1.1; its
+/// header rules applied.
 ///
 /// `None` when the original request target cannot be joined (see [`Base::join`]).
 pub(crate) fn build(
     snapshot: &RequestSnapshot,
-    base: &Base,
-    http2: bool,
+    target: &CompiledTarget,
     body: MirrorBody,
 ) -> Option<Request<MirrorBody>> {
-    let uri = base.join(&snapshot.uri)?;
+    let http2 = target.http2;
+    let uri = target.base.join(&snapshot.uri)?;
     let original = &snapshot.headers;
     let named_by_connection = if original.contains_key(header::CONNECTION) {
         connection_options(original)
@@ -104,9 +105,19 @@ pub(crate) fn build(
 
     let mut headers = HeaderMap::with_capacity(original.len() + 2);
     for (name, value) in original {
-        if is_not_forwarded(name) || named_by_connection.contains(name) {
+        if is_reserved(name) || named_by_connection.contains(name) {
             continue;
         }
+        headers.append(name.clone(), value.clone());
+    }
+    for name in target
+        .strip_headers
+        .iter()
+        .chain(target.set_headers.iter().map(|(n, _)| n))
+    {
+        headers.remove(name);
+    }
+    for (name, value) in &target.set_headers {
         headers.append(name.clone(), value.clone());
     }
     headers.insert(X_MIRRORED_FROM, original_host(snapshot));
@@ -140,9 +151,15 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
+    use crate::target::Target;
+
     fn mirror_of(request: Request<()>, base: &str, body: MirrorBody) -> Request<MirrorBody> {
+        mirror_to(request, Target::new(base), body)
+    }
+
+    fn mirror_to(request: Request<()>, target: Target, body: MirrorBody) -> Request<MirrorBody> {
         let snapshot = RequestSnapshot::capture(&request);
-        build(&snapshot, &Base::parse(base).unwrap(), false, body).unwrap()
+        build(&snapshot, &CompiledTarget::compile(&target).unwrap(), body).unwrap()
     }
 
     #[test]
@@ -229,18 +246,45 @@ mod tests {
             .header("te", "trailers")
             .body(())
             .unwrap();
-        let snapshot = RequestSnapshot::capture(&request);
-        let base = Base::parse("http://grpc-shadow").unwrap();
-        let h2 = build(&snapshot, &base, true, MirrorBody::empty()).unwrap();
+        let h2_target = Target::new("http://grpc-shadow").with_http2();
+        let h2 = mirror_to(request, h2_target.clone(), MirrorBody::empty());
         assert_eq!(h2.version(), Version::HTTP_2);
         assert_eq!(h2.headers()["te"], "trailers");
-        let h1 = build(&snapshot, &base, false, MirrorBody::empty()).unwrap();
+        let request = Request::post("/")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let h1 = mirror_of(request, "http://grpc-shadow", MirrorBody::empty());
         assert!(!h1.headers().contains_key("te"));
 
         let other = Request::get("/").header("te", "gzip").body(()).unwrap();
-        let snapshot = RequestSnapshot::capture(&other);
-        let h2 = build(&snapshot, &base, true, MirrorBody::empty()).unwrap();
+        let h2 = mirror_to(other, h2_target, MirrorBody::empty());
         assert!(!h2.headers().contains_key("te"));
+    }
+
+    #[test]
+    fn header_rules_strip_and_set() {
+        let request = Request::get("/")
+            .header("authorization", "Bearer production")
+            .header("cookie", "session=1")
+            .header("x-env", "prod")
+            .header("x-keep", "yes")
+            .body(())
+            .unwrap();
+        let target = Target::new("http://staging")
+            .strip_header("Authorization")
+            .strip_header("cookie")
+            .set_header("x-env", "shadow")
+            .set_header("authorization", "Bearer staging")
+            .set_header("x-shadow", "1")
+            .set_header("x-shadow", "2");
+        let mirror = mirror_to(request, target, MirrorBody::empty());
+        let h = mirror.headers();
+        assert!(!h.contains_key("cookie"));
+        assert_eq!(h["authorization"], "Bearer staging", "set wins over strip");
+        assert_eq!(h.get_all("x-env").iter().collect::<Vec<_>>(), ["shadow"]);
+        assert_eq!(h.get_all("x-shadow").iter().collect::<Vec<_>>(), ["1", "2"]);
+        assert_eq!(h["x-keep"], "yes");
     }
 
     #[test]

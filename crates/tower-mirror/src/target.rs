@@ -1,6 +1,7 @@
 //! Targets: where mirrored requests go, and how a request's URI is joined onto a target's base.
 
 use http::Uri;
+use http::header::{HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 
 use crate::error::ConfigError;
@@ -26,6 +27,12 @@ pub struct Target {
     /// `https` whatever ALPN offers. gRPC servers need it. Default `false`: HTTP/1.1 on
     /// `http`, and on `https` whichever of HTTP/2 and HTTP/1.1 the target chooses.
     pub http2: bool,
+    /// Request headers not sent to this target, such as `Authorization` or `Cookie` when the
+    /// target must not see production credentials. Names are case-insensitive.
+    pub strip_headers: Vec<String>,
+    /// Request headers set on every mirror to this target, replacing any the original had:
+    /// `X-Shadow: 1`, or the staging environment's own credentials.
+    pub set_headers: Vec<(String, String)>,
 }
 
 impl Target {
@@ -43,6 +50,8 @@ impl Target {
             url: url.into(),
             percentage,
             http2: false,
+            strip_headers: Vec::new(),
+            set_headers: Vec::new(),
         }
     }
 
@@ -57,6 +66,34 @@ impl Target {
         self.http2 = true;
         self
     }
+
+    /// This target, with `name` removed from its mirrored requests.
+    ///
+    /// ```
+    /// use tower_mirror::Target;
+    ///
+    /// // Staging gets no production credentials, and knows it is being shadowed.
+    /// let staging = Target::new("https://staging.example.com")
+    ///     .strip_header("authorization")
+    ///     .strip_header("cookie")
+    ///     .set_header("x-shadow", "1");
+    /// # let _ = staging;
+    /// ```
+    ///
+    /// Connection-level headers, `Host`, `Content-Length` and `X-Mirrored-From` are the layer's
+    /// own and cannot be named; [`MirrorLayer::with_options`](crate::MirrorLayer::with_options)
+    /// reports that, or an invalid name, as a [`ConfigError`].
+    pub fn strip_header(mut self, name: impl Into<String>) -> Self {
+        self.strip_headers.push(name.into());
+        self
+    }
+
+    /// This target, with `name: value` set on its mirrored requests (replacing the original's
+    /// values of `name`; setting one name twice sends both values).
+    pub fn set_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.set_headers.push((name.into(), value.into()));
+        self
+    }
 }
 
 /// A target that receives `pct` % of eligible requests: the reference API's `Percentage`.
@@ -64,6 +101,58 @@ impl Target {
 /// The same as [`Target::percentage`].
 pub fn percentage(url: impl Into<String>, pct: u32) -> Target {
     Target::percentage(url, pct)
+}
+
+/// A target as the mirror task uses it: its base URL parsed, its header rules checked.
+#[derive(Clone, Debug)]
+pub(crate) struct CompiledTarget {
+    pub(crate) base: Base,
+    pub(crate) http2: bool,
+    pub(crate) strip_headers: Vec<HeaderName>,
+    pub(crate) set_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl CompiledTarget {
+    pub(crate) fn compile(target: &Target) -> Result<Self, ConfigError> {
+        let invalid = |reason: String| ConfigError::InvalidTarget {
+            url: target.url.clone(),
+            reason,
+        };
+        let header_name = |name: &str, rule: &str| {
+            let parsed = HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|_| invalid(format!("{rule} {name:?} is not a valid header name")))?;
+            if crate::request::is_reserved(&parsed) {
+                return Err(invalid(format!(
+                    "{rule} {name:?}: the mirror manages this header itself"
+                )));
+            }
+            Ok(parsed)
+        };
+        let strip_headers = target
+            .strip_headers
+            .iter()
+            .map(|name| header_name(name, "strip_headers"))
+            .collect::<Result<_, _>>()?;
+        let set_headers = target
+            .set_headers
+            .iter()
+            .map(|(name, value)| {
+                let name = header_name(name, "set_headers")?;
+                let value = HeaderValue::from_str(value).map_err(|_| {
+                    invalid(format!(
+                        "set_headers {name}: {value:?} is not a valid header value"
+                    ))
+                })?;
+                Ok((name, value))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            base: Base::parse(&target.url)?,
+            http2: target.http2,
+            strip_headers,
+            set_headers,
+        })
+    }
 }
 
 /// A target's base URL, parsed once so that joining costs one string and one URI parse.
@@ -204,6 +293,49 @@ mod tests {
             assert!(
                 text.contains(&format!("{url:?}")),
                 "{url:?} not named: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_rules_are_checked() {
+        let ok = Target::new("http://h")
+            .strip_header("Authorization")
+            .set_header("x-shadow", "1");
+        let compiled = CompiledTarget::compile(&ok).unwrap();
+        assert_eq!(compiled.strip_headers, ["authorization"]);
+        assert_eq!(compiled.set_headers[0].0, "x-shadow");
+        let cases = [
+            (
+                Target::new("http://h").strip_header("bad name"),
+                "not a valid header name",
+            ),
+            (
+                Target::new("http://h").set_header("x-ok", "bad\nvalue"),
+                "not a valid header value",
+            ),
+            (
+                Target::new("http://h").set_header("Host", "evil"),
+                "manages this header",
+            ),
+            (
+                Target::new("http://h").strip_header("x-mirrored-from"),
+                "manages this header",
+            ),
+            (
+                Target::new("http://h").set_header("proxy-authorization", "x"),
+                "manages this header",
+            ),
+            (
+                Target::new("http://h").set_header("content-length", "1"),
+                "manages this header",
+            ),
+        ];
+        for (target, expected) in cases {
+            let text = CompiledTarget::compile(&target).unwrap_err().to_string();
+            assert!(
+                text.contains(expected) && text.contains("\"http://h\""),
+                "{text}"
             );
         }
     }

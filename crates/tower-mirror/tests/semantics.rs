@@ -1225,3 +1225,32 @@ fn a_runtime_without_timers_skips_mirrors_instead_of_panicking() {
         assert_eq!(layer.stats().targets[0].skipped.no_runtime, 1, "{mode:?}");
     }
 }
+
+#[tokio::test]
+async fn per_target_header_rules_keep_credentials_from_a_target() {
+    let (staging, analytics) = (Shadow::start().await, Shadow::start().await);
+    let layer = MirrorLayer::with_options(options(vec![
+        Target::new(staging.url.clone())
+            .strip_header("cookie")
+            .set_header("authorization", "Bearer staging-token")
+            .set_header("x-shadow", "1"),
+        Target::new(analytics.url.clone()).strip_header("Authorization"),
+    ]))
+    .unwrap();
+    let primary = serve(app(layer)).await;
+    let request = Request::get(format!("{}/test", primary.url))
+        .header("authorization", "Bearer production-token")
+        .header("cookie", "session=secret")
+        .body(Full::default())
+        .unwrap();
+    support::send(request).await;
+
+    let to_staging = &staging.wait_for(1).await[0].headers;
+    assert!(!to_staging.contains_key("cookie"));
+    assert_eq!(to_staging["authorization"], "Bearer staging-token");
+    assert_eq!(to_staging["x-shadow"], "1");
+    let to_analytics = &analytics.wait_for(1).await[0].headers;
+    assert!(!to_analytics.contains_key("authorization"));
+    assert_eq!(to_analytics["cookie"], "session=secret");
+    assert!(!to_analytics.contains_key("x-shadow"), "rules are per target");
+}

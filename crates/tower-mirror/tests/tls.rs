@@ -494,3 +494,21 @@ async fn sequential_mirrors_reuse_one_tls_connection_over_http1() {
     // read to its end: the layer drains it even though nobody asked to capture it.
     sequential_mirrors_share_one_connection(&[b"http/1.1"], Version::HTTP_11).await;
 }
+
+#[tokio::test]
+async fn the_dangerous_sender_accepts_a_self_signed_target() {
+    let pki = Pki::new();
+    let shadow = TlsShadow::start(&pki, &[b"h2", b"http/1.1"]).await;
+    let answers: Answers = Arc::default();
+    let sender = Arc::new(HttpSender::dangerous_accept_invalid_certificates());
+    let layer = layer_with(shadow.url("/base"), sender, &answers);
+    let app = serve(items_app(layer.clone())).await;
+
+    let body = support::pattern(1_000);
+    assert_eq!(post_items(&app, &body).await.status, StatusCode::OK);
+    let report = layer.drain(support::DEADLINE).await;
+    assert!(report.is_complete());
+    assert_eq!(*answers.lock().unwrap(), [(StatusCode::OK, Version::HTTP_2)]);
+    assert_eq!(shadow.seen().len(), 1);
+    assert_eq!(shadow.failed_handshakes(), 0);
+}
