@@ -97,6 +97,10 @@ pub struct RunArgs {
     /// On SIGINT/SIGTERM, how long to wait for mirrors still in flight [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
+    /// Extra root certificates (PEM) to trust for https upstreams and mirror targets, besides
+    /// the Mozilla roots: for an internal CA.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// A TOML file with any of these settings, plus per-target ones ([[mirror]] tables).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -150,6 +154,7 @@ struct FileConfig {
     admin: Option<SocketAddr>,
     drain_timeout: Option<HumanDuration>,
     log_format: Option<LogFormat>,
+    ca_file: Option<PathBuf>,
 }
 
 /// One `[[mirror]]` table.
@@ -253,6 +258,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     pub drain_timeout: Duration,
     pub log_format: LogFormat,
+    /// Roots trusted for https upstreams and mirror targets.
+    pub tls_roots: rustls::RootCertStore,
 }
 
 /// What is handed to tower-mirror.
@@ -363,6 +370,7 @@ impl Config {
                 .or(file.drain_timeout.map(|d| d.0))
                 .unwrap_or(Self::DEFAULT_DRAIN_TIMEOUT),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            tls_roots: roots(args.ca_file.as_deref().or(file.ca_file.as_deref()))?,
         };
         config.validate()?;
         Ok(config)
@@ -380,6 +388,32 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The Mozilla roots, plus those in `ca_file`.
+fn roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, ConfigError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let Some(path) = ca_file else {
+        return Ok(roots);
+    };
+    let invalid = |reason: String| error(format!("--ca-file {}: {reason}", path.display()));
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| invalid(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(e.to_string()))?;
+    if certificates.is_empty() {
+        return Err(invalid("no PEM certificates in it".to_owned()));
+    }
+    for certificate in certificates {
+        roots
+            .add(certificate)
+            .map_err(|e| invalid(format!("not a usable CA certificate ({e})")))?;
+    }
+    Ok(roots)
 }
 
 /// `URL` or `URL=PERCENT`.

@@ -41,11 +41,14 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    /// A pooled keep-alive client to `upstream` (HTTP/1.1; HTTPS through rustls with the
-    /// Mozilla roots, HTTP/2 where ALPN picks it).
-    pub fn new(upstream: Upstream, timeout: Duration, telemetry: Arc<Telemetry>) -> Arc<Self> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    /// A pooled keep-alive client to `upstream` (HTTP/1.1; HTTPS through rustls trusting
+    /// `roots`, HTTP/2 where ALPN picks it).
+    pub fn new(
+        upstream: Upstream,
+        timeout: Duration,
+        roots: rustls::RootCertStore,
+        telemetry: Arc<Telemetry>,
+    ) -> Arc<Self> {
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))

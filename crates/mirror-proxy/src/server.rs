@@ -15,7 +15,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tower::{Layer, Service};
-use tower_mirror::{DrainReport, MirrorLayer, Options, TeeBody};
+use tower_mirror::{DrainReport, HttpSender, MirrorLayer, Options, TeeBody};
 
 use crate::config::{Config, ConfigError};
 use crate::forward::{Forward, ForwardShared, ProxyBody};
@@ -63,6 +63,9 @@ impl Proxy {
                 on_error: Some(Arc::new(move |target: &str, error: &_| {
                     on_error.mirror_failed(target, error)
                 })),
+                sender: Some(Arc::new(HttpSender::with_root_certificates(
+                    config.tls_roots.clone(),
+                ))),
                 ..config.mirror.options()
             };
             Some(MirrorLayer::with_options(options).map_err(|e| ConfigError(e.to_string()))?)
@@ -119,10 +122,11 @@ impl Proxy {
         let drain_timeout = self.config.drain_timeout;
         let timeout = self.config.upstream_timeout;
         let upstream = self.config.upstream.clone();
+        let roots = self.config.tls_roots.clone();
         let connections_abandoned = match &self.mirror {
             Some(mirror) => {
                 let shared: Arc<ForwardShared<TeeBody<Incoming>>> =
-                    ForwardShared::new(upstream, timeout, Arc::clone(&self.telemetry));
+                    ForwardShared::new(upstream, timeout, roots, Arc::clone(&self.telemetry));
                 let mirror = mirror.clone();
                 accept(
                     self.listener,
@@ -135,7 +139,7 @@ impl Proxy {
             }
             None => {
                 let shared: Arc<ForwardShared<Incoming>> =
-                    ForwardShared::new(upstream, timeout, Arc::clone(&self.telemetry));
+                    ForwardShared::new(upstream, timeout, roots, Arc::clone(&self.telemetry));
                 accept(
                     self.listener,
                     stopped,
