@@ -97,6 +97,10 @@ pub struct RunArgs {
     /// On SIGINT/SIGTERM, how long to wait for mirrors still in flight [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
+    /// DANGEROUS: accept any TLS certificate from https mirror targets (expired, self-signed,
+    /// wrong name). Mirrored traffic can then be read and altered on the way. Logged loudly.
+    #[arg(long)]
+    pub danger_accept_invalid_certs: bool,
     /// Extra root certificates (PEM) to trust for https upstreams and mirror targets, besides
     /// the Mozilla roots: for an internal CA.
     #[arg(long, value_name = "FILE")]
@@ -155,6 +159,7 @@ struct FileConfig {
     drain_timeout: Option<HumanDuration>,
     log_format: Option<LogFormat>,
     ca_file: Option<PathBuf>,
+    danger_accept_invalid_certs: Option<bool>,
 }
 
 /// One `[[mirror]]` table.
@@ -167,6 +172,12 @@ struct FileMirror {
     /// HTTP/2 only (with prior knowledge on http://), for gRPC shadows.
     #[serde(default)]
     http2: bool,
+    /// Request headers not sent to this target.
+    #[serde(default)]
+    strip_headers: Vec<String>,
+    /// Request headers set on every mirror to this target.
+    #[serde(default)]
+    set_headers: std::collections::BTreeMap<String, String>,
 }
 
 fn all() -> u32 {
@@ -260,6 +271,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Roots trusted for https upstreams and mirror targets.
     pub tls_roots: rustls::RootCertStore,
+    /// Skip certificate verification for mirror targets (never for the upstream).
+    pub danger_accept_invalid_certs: bool,
 }
 
 /// What is handed to tower-mirror.
@@ -325,8 +338,17 @@ impl Config {
             file.mirrors
                 .into_iter()
                 .map(|m| {
-                    let target = Target::percentage(m.url, m.percentage);
-                    if m.http2 { target.with_http2() } else { target }
+                    let mut target = Target::percentage(m.url, m.percentage);
+                    if m.http2 {
+                        target = target.with_http2();
+                    }
+                    for name in m.strip_headers {
+                        target = target.strip_header(name);
+                    }
+                    for (name, value) in m.set_headers {
+                        target = target.set_header(name, value);
+                    }
+                    target
                 })
                 .collect()
         } else {
@@ -371,6 +393,8 @@ impl Config {
                 .unwrap_or(Self::DEFAULT_DRAIN_TIMEOUT),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             tls_roots: roots(args.ca_file.as_deref().or(file.ca_file.as_deref()))?,
+            danger_accept_invalid_certs: args.danger_accept_invalid_certs
+                || file.danger_accept_invalid_certs.unwrap_or(false),
         };
         config.validate()?;
         Ok(config)
@@ -525,6 +549,8 @@ mod tests {
             [[mirror]]
             url = "http://grpc-shadow:50051"
             http2 = true
+            strip_headers = ["Authorization", "Cookie"]
+            set_headers = { "x-shadow" = "1" }
         "#;
         let from_file = Config::merge(&args(&[]), file(text)).unwrap();
         assert_eq!(from_file.listen, "127.0.0.1:9000".parse().unwrap());
@@ -535,6 +561,14 @@ mod tests {
         assert_eq!(from_file.mirror.targets.len(), 2);
         assert_eq!(from_file.mirror.targets[0].percentage, 50);
         assert!(from_file.mirror.targets[1].http2);
+        assert_eq!(
+            from_file.mirror.targets[1].strip_headers,
+            ["Authorization", "Cookie"]
+        );
+        assert_eq!(
+            from_file.mirror.targets[1].set_headers,
+            [("x-shadow".to_owned(), "1".to_owned())]
+        );
         assert_eq!(from_file.mirror.targets[1].percentage, 100);
 
         let overridden = Config::merge(

@@ -63,9 +63,16 @@ impl Proxy {
                 on_error: Some(Arc::new(move |target: &str, error: &_| {
                     on_error.mirror_failed(target, error)
                 })),
-                sender: Some(Arc::new(HttpSender::with_root_certificates(
-                    config.tls_roots.clone(),
-                ))),
+                sender: Some(Arc::new(if config.danger_accept_invalid_certs {
+                    tracing::warn!(
+                        "--danger-accept-invalid-certs is on: certificates of https mirror \
+                         targets are NOT verified, so mirrored traffic can be read and altered \
+                         in transit"
+                    );
+                    HttpSender::dangerous_accept_invalid_certificates()
+                } else {
+                    HttpSender::with_root_certificates(config.tls_roots.clone())
+                })),
                 ..config.mirror.options()
             };
             Some(MirrorLayer::with_options(options).map_err(|e| ConfigError(e.to_string()))?)
