@@ -87,6 +87,35 @@ mod service;
 mod stats;
 mod target;
 
+/// Internals for the fuzz targets in `/fuzz` (feature `fuzzing`); not a stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use http::{Request, Uri};
+
+    use crate::body::MirrorBody;
+    use crate::request::{RequestSnapshot, build};
+    use crate::target::{Base, CompiledTarget, Target};
+
+    /// Joins `original` onto the base URL `base`, as a mirror does; `None` when `base` is not
+    /// a valid target URL or `original` has no origin-form path.
+    pub fn join(base: &str, original: &Uri) -> Option<Uri> {
+        Base::parse(base).ok()?.join(original)
+    }
+
+    /// The request a mirror to `target` would send for `original`, with a body of `body_len`
+    /// bytes; `None` when `target` is invalid or `original` cannot be mirrored.
+    pub fn mirror_request(
+        original: &Request<()>,
+        target: &Target,
+        body_len: usize,
+    ) -> Option<Request<MirrorBody>> {
+        let compiled = CompiledTarget::compile(target).ok()?;
+        let body = MirrorBody::from(bytes::Bytes::from(vec![0u8; body_len]));
+        build(&RequestSnapshot::capture(original), &compiled, body)
+    }
+}
+
 pub use body::{MirrorBody, TeeBody};
 pub use client::{HttpSender, ResponseBody, SendFuture, Sender};
 pub use error::{BoxError, ConfigError, MirrorError};
