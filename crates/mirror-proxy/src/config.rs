@@ -94,7 +94,8 @@ pub struct RunArgs {
     /// given. Bind it to loopback: it is not authenticated.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
-    /// On SIGINT/SIGTERM, how long to wait for mirrors still in flight [default: 5s].
+    /// On SIGINT/SIGTERM, how long to wait for requests and then mirrors still in flight, in
+    /// all, before exiting anyway [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
     /// DANGEROUS: accept any TLS certificate from https mirror targets (expired, self-signed,
@@ -334,6 +335,11 @@ impl Config {
             error("--upstream is required (or `upstream` in the config file): where to forward requests")
         })?;
         let upstream = Upstream::parse(&upstream)?;
+        let targets_from = if args.mirrors.is_empty() {
+            "config file [[mirror]]"
+        } else {
+            "--mirror"
+        };
         let targets = if args.mirrors.is_empty() {
             file.mirrors
                 .into_iter()
@@ -396,19 +402,23 @@ impl Config {
             danger_accept_invalid_certs: args.danger_accept_invalid_certs
                 || file.danger_accept_invalid_certs.unwrap_or(false),
         };
-        config.validate()?;
+        config.validate(targets_from)?;
         Ok(config)
     }
 
-    /// What tower-mirror does not check itself.
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// What the flags' parsers did not check; `targets_from` says where the targets came from.
+    fn validate(&self, targets_from: &str) -> Result<(), ConfigError> {
         if self.upstream_timeout.is_zero() {
             return Err(error("--upstream-timeout must be greater than zero"));
         }
         if !self.mirror.targets.is_empty() {
             // The layer's own checks name the target or option at fault.
-            tower_mirror::MirrorLayer::with_options(self.mirror.options())
-                .map_err(|e| error(format!("{e}")))?;
+            tower_mirror::MirrorLayer::with_options(self.mirror.options()).map_err(
+                |e| match e {
+                    tower_mirror::ConfigError::InvalidOption { .. } => error(e.to_string()),
+                    _ => error(format!("{targets_from}: {e}")),
+                },
+            )?;
         }
         Ok(())
     }
@@ -450,7 +460,7 @@ fn parse_mirror_flag(flag: &str) -> Result<Target, ConfigError> {
         {
             let percentage = percent.parse().map_err(|_| {
                 error(format!(
-                    "--mirror {flag:?}: percentage {percent} is over 100"
+                    "--mirror: invalid mirror target {url:?}: percentage {percent} is over 100"
                 ))
             })?;
             Ok(Target::percentage(url, percentage))

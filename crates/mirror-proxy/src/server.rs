@@ -130,7 +130,8 @@ impl Proxy {
         let timeout = self.config.upstream_timeout;
         let upstream = self.config.upstream.clone();
         let roots = self.config.tls_roots.clone();
-        let connections_abandoned = match &self.mirror {
+        // Requests, then mirrors, share one drain timeout from the moment shutdown begins.
+        let (connections_abandoned, deadline) = match &self.mirror {
             Some(mirror) => {
                 let shared: Arc<ForwardShared<TeeBody<Incoming>>> =
                     ForwardShared::new(upstream, timeout, roots, Arc::clone(&self.telemetry));
@@ -159,8 +160,9 @@ impl Proxy {
         };
         let _ = stop.send(true);
 
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let mirrors = match &self.mirror {
-            Some(mirror) => Some(mirror.drain(drain_timeout).await),
+            Some(mirror) => Some(mirror.drain(left).await),
             None => None,
         };
         ShutdownReport {
@@ -177,15 +179,16 @@ async fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener, ConfigError> 
 }
 
 /// Accepts connections until `shutdown`, serving each with the service `make` builds for its
-/// client address; then asks every connection to close after its in-flight requests and
-/// waits up to `drain_timeout`. Returns how many connections were still open then.
+/// client address; then asks every connection to close after its in-flight requests, and
+/// waits for them up to `drain_timeout`. Returns how many connections were still open then,
+/// and when the drain timeout ends.
 async fn accept<S, M>(
     listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Send,
     drain_timeout: Duration,
     make: M,
-) -> usize
+) -> (usize, tokio::time::Instant)
 where
     M: Fn(SocketAddr) -> S,
     S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
@@ -232,10 +235,12 @@ where
         });
     }
     drop(listener);
+    let deadline = tokio::time::Instant::now() + drain_timeout;
     let _ = close.send(true);
     drop(open);
-    match tokio::time::timeout(drain_timeout, all_closed.recv()).await {
+    let abandoned = match tokio::time::timeout_at(deadline, all_closed.recv()).await {
         Ok(_) => 0,
         Err(_) => all_closed.sender_strong_count(),
-    }
+    };
+    (abandoned, deadline)
 }

@@ -121,8 +121,9 @@ impl Gate {
 #[derive(Clone, Debug)]
 enum Role {
     /// Routes: `/hang*` never answers, `/ws` with `Upgrade: echo` upgrades and echoes,
-    /// `/stream` records body bytes as they arrive; otherwise `x-reply-status` (default 200).
-    Upstream,
+    /// `/stream` records body bytes as they arrive, `/gated*` answers once the gate (if any)
+    /// opens; otherwise `x-reply-status` (default 200).
+    Upstream(Option<Gate>),
     /// Every path: 202 `shadow`, when `Answer` says.
     Shadow(Answer),
 }
@@ -157,12 +158,17 @@ impl Drop for Server {
 impl Server {
     /// The upstream: see [`Role::Upstream`].
     pub async fn upstream() -> Self {
-        Self::on(bind().await, Role::Upstream)
+        Self::on(bind().await, Role::Upstream(None))
+    }
+
+    /// The upstream, holding `/gated*` requests until `gate` opens.
+    pub async fn upstream_gated(gate: &Gate) -> Self {
+        Self::on(bind().await, Role::Upstream(Some(gate.clone())))
     }
 
     /// The upstream, serving on a listener the test already has.
     pub fn upstream_on(listener: TcpListener) -> Self {
-        Self::on(listener, Role::Upstream)
+        Self::on(listener, Role::Upstream(None))
     }
 
     /// A shadow that answers every request at once.
@@ -262,10 +268,10 @@ pub async fn bind() -> TcpListener {
 async fn handle(
     record: Arc<Record>,
     role: Role,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
 ) -> Result<Response<ServerBody>, Infallible> {
     let path = request.uri().path().to_owned();
-    if matches!(role, Role::Upstream) {
+    if matches!(role, Role::Upstream(_)) {
         let upgrade = request
             .headers()
             .get(header::UPGRADE)
@@ -291,9 +297,12 @@ async fn handle(
         body,
     });
     match role {
-        Role::Upstream => {
+        Role::Upstream(gate) => {
             if path.starts_with("/hang") {
                 std::future::pending::<()>().await;
+            }
+            if let (true, Some(gate)) = (path.starts_with("/gated"), gate) {
+                gate.wait().await;
             }
             let status = parts
                 .headers
@@ -311,12 +320,18 @@ async fn handle(
             let mut response = Response::new(counted(&record, Bytes::from(text)));
             *response.status_mut() = status;
             let h = response.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             h.insert("x-served-by", HeaderValue::from_static("upstream"));
             h.append("x-multi", HeaderValue::from_static("one"));
             h.append("x-multi", HeaderValue::from_static("two"));
             // Hop-by-hop on the way back: the proxy must not pass these to the client.
-            h.insert(header::CONNECTION, HeaderValue::from_static("x-upstream-hop"));
+            h.insert(
+                header::CONNECTION,
+                HeaderValue::from_static("x-upstream-hop"),
+            );
             h.insert("x-upstream-hop", HeaderValue::from_static("1"));
             Ok(response)
         }
@@ -514,7 +529,10 @@ impl Proxy {
 
     /// `http://ADMIN{path}`.
     pub fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.admin.expect("started with an admin listener"))
+        format!(
+            "http://{}{path}",
+            self.admin.expect("started with an admin listener")
+        )
     }
 
     pub fn pid(&self) -> u32 {

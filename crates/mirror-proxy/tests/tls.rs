@@ -1,0 +1,193 @@
+//! HTTPS upstreams and mirror targets through the real binary: a private CA trusted with
+//! `--ca-file`, the Mozilla roots alone rejecting it, and `--danger-accept-invalid-certs`
+//! (mirror targets only, warned about at start-up).
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use support::{Proxy, TempDir, eventually, get};
+
+/// A CA and a certificate it signed for `localhost`.
+struct Pki {
+    ca_pem: String,
+    chain: Vec<CertificateDer<'static>>,
+    key_der: Vec<u8>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "mirror-proxy test CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        Self {
+            ca_pem: ca.pem(),
+            chain: vec![cert.der().clone(), ca.der().clone()],
+            key_der: key.serialize_der(),
+        }
+    }
+}
+
+/// An HTTPS server on loopback that answers `200 <name>` and counts requests.
+struct TlsServer {
+    url: String,
+    requests: Arc<AtomicUsize>,
+}
+
+impl TlsServer {
+    async fn start(pki: &Pki, name: &'static str) -> Self {
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.key_der.clone()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(pki.chain.clone(), key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "https://localhost:{}",
+            listener.local_addr().unwrap().port()
+        );
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&requests);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, counter) = (acceptor.clone(), Arc::clone(&counter));
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let counter = Arc::clone(&counter);
+                        async move {
+                            let _ = request.into_body().collect().await;
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Self { url, requests }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn a_private_ca_given_with_ca_file_is_trusted_for_upstream_and_mirror() {
+    let pki = Pki::new();
+    let (upstream, shadow) = (
+        TlsServer::start(&pki, "upstream").await,
+        TlsServer::start(&pki, "shadow").await,
+    );
+    let dir = TempDir::new();
+    let ca = dir.file("ca.pem", &pki.ca_pem);
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &upstream.url,
+        "--mirror",
+        &shadow.url,
+        "--ca-file",
+        ca.to_str().unwrap(),
+    ])
+    .await;
+
+    let (status, _, body) = get(&proxy.url("/over-tls")).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"upstream"[..]));
+    eventually("the mirror to reach the TLS shadow", || {
+        shadow.requests() == 1
+    })
+    .await;
+    assert_eq!(upstream.requests(), 1);
+    let stats = proxy
+        .wait_stats("the mirror to finish", |s| {
+            s["mirror"]["targets"][0]["responded"] == 1
+        })
+        .await;
+    assert_eq!(stats["mirror"]["targets"][0]["failed"], 0);
+}
+
+#[tokio::test]
+async fn without_the_ca_the_upstream_is_a_502_and_the_mirror_fails() {
+    let pki = Pki::new();
+    let (upstream, shadow) = (
+        TlsServer::start(&pki, "upstream").await,
+        TlsServer::start(&pki, "shadow").await,
+    );
+    let proxy = Proxy::start(&["--upstream", &upstream.url, "--mirror", &shadow.url]).await;
+
+    let (status, _, _) = get(&proxy.url("/x")).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_GATEWAY,
+        "an unverified upstream is never used"
+    );
+    let stats = proxy
+        .wait_stats("the mirror to fail", |s| {
+            s["mirror"]["targets"][0]["failed"] == 1
+        })
+        .await;
+    assert_eq!(stats["primary"]["upstream_unavailable"], 1);
+    assert_eq!((upstream.requests(), shadow.requests()), (0, 0));
+}
+
+#[tokio::test]
+async fn danger_accept_invalid_certs_applies_to_mirror_targets_only_and_is_logged() {
+    let pki = Pki::new();
+    let (upstream, shadow) = (
+        TlsServer::start(&pki, "upstream").await,
+        TlsServer::start(&pki, "shadow").await,
+    );
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &upstream.url,
+        "--mirror",
+        &shadow.url,
+        "--danger-accept-invalid-certs",
+    ])
+    .await;
+    eventually("the start-up warning", || {
+        proxy.stderr().contains("danger-accept-invalid-certs is on")
+    })
+    .await;
+
+    let (status, _, _) = get(&proxy.url("/x")).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_GATEWAY,
+        "the upstream is still verified"
+    );
+    eventually("the mirror to reach the shadow", || shadow.requests() == 1).await;
+    assert_eq!(upstream.requests(), 0);
+}
