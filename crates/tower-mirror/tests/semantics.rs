@@ -1252,5 +1252,8 @@ async fn per_target_header_rules_keep_credentials_from_a_target() {
     let to_analytics = &analytics.wait_for(1).await[0].headers;
     assert!(!to_analytics.contains_key("authorization"));
     assert_eq!(to_analytics["cookie"], "session=secret");
-    assert!(!to_analytics.contains_key("x-shadow"), "rules are per target");
+    assert!(
+        !to_analytics.contains_key("x-shadow"),
+        "rules are per target"
+    );
 }

@@ -508,7 +508,10 @@ async fn the_dangerous_sender_accepts_a_self_signed_target() {
     assert_eq!(post_items(&app, &body).await.status, StatusCode::OK);
     let report = layer.drain(support::DEADLINE).await;
     assert!(report.is_complete());
-    assert_eq!(*answers.lock().unwrap(), [(StatusCode::OK, Version::HTTP_2)]);
+    assert_eq!(
+        *answers.lock().unwrap(),
+        [(StatusCode::OK, Version::HTTP_2)]
+    );
     assert_eq!(shadow.seen().len(), 1);
     assert_eq!(shadow.failed_handshakes(), 0);
 }
