@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics` (Prometheus), `/stats` (JSON) and `/healthz`.
+//! The admin listener: `/metrics` (Prometheus), `/stats` (JSON), `/diff` (JSON),
+//! `/diff.html` and `/healthz`.
 //!
 //! Off unless `--admin` is given, and unauthenticated: bind it to loopback.
 
@@ -24,6 +25,8 @@ pub fn router(telemetry: Arc<Telemetry>, mirror: Option<MirrorLayer>) -> Router 
     Router::new()
         .route("/metrics", get(metrics))
         .route("/stats", get(stats))
+        .route("/diff", get(diff_json))
+        .route("/diff.html", get(diff_html))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(Admin { telemetry, mirror })
 }
@@ -44,6 +47,16 @@ async fn metrics(State(admin): State<Admin>) -> Response {
         )
             .into_response(),
     }
+}
+
+async fn diff_json(State(admin): State<Admin>) -> Response {
+    let report = admin.mirror.as_ref().and_then(MirrorLayer::diff_report);
+    axum::Json(crate::diff_page::json(report.as_ref())).into_response()
+}
+
+async fn diff_html(State(admin): State<Admin>) -> Response {
+    let report = admin.mirror.as_ref().and_then(MirrorLayer::diff_report);
+    axum::response::Html(crate::diff_page::html(report.as_ref())).into_response()
 }
 
 async fn stats(State(admin): State<Admin>) -> Response {

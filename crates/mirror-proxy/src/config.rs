@@ -161,6 +161,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     ca_file: Option<PathBuf>,
     danger_accept_invalid_certs: Option<bool>,
+    diff: Option<FileDiff>,
 }
 
 /// One `[[mirror]]` table.
@@ -179,6 +180,26 @@ struct FileMirror {
     /// Request headers set on every mirror to this target.
     #[serde(default)]
     set_headers: std::collections::BTreeMap<String, String>,
+    /// Compare this target's responses with the primary's (served at the admin's /diff).
+    #[serde(default)]
+    compare: bool,
+    /// This target runs the primary's own build: its differences from the primary are noise.
+    #[serde(default)]
+    baseline: bool,
+}
+
+/// The `[diff]` table: how compared targets are compared.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDiff {
+    /// More headers not to compare, besides the defaults (Date, Server, Content-Length, ...).
+    #[serde(default)]
+    ignore_headers: Vec<String>,
+    /// JSON pointer patterns of body fields not to compare: "/items/*/updated_at".
+    #[serde(default)]
+    ignore_fields: Vec<String>,
+    /// Bytes of each response body kept for comparison.
+    max_body: Option<HumanSize>,
 }
 
 fn all() -> u32 {
@@ -286,6 +307,8 @@ pub struct MirrorSettings {
     pub max_body: usize,
     pub max_buffered: usize,
     pub max_in_flight: usize,
+    /// How compared targets are compared (callbacks are added by the caller).
+    pub diff: tower_mirror::diff::DiffOptions,
 }
 
 impl MirrorSettings {
@@ -303,6 +326,7 @@ impl MirrorSettings {
             max_body_bytes: self.max_body,
             max_buffered_bytes: self.max_buffered,
             max_in_flight: self.max_in_flight,
+            diff: self.diff.clone(),
             ..Options::default()
         }
     }
@@ -354,6 +378,12 @@ impl Config {
                     for (name, value) in m.set_headers {
                         target = target.set_header(name, value);
                     }
+                    if m.compare {
+                        target = target.with_comparison();
+                    }
+                    if m.baseline {
+                        target = target.as_baseline();
+                    }
                     target
                 })
                 .collect()
@@ -383,6 +413,7 @@ impl Config {
                 .max_in_flight
                 .or(file.max_in_flight)
                 .unwrap_or(defaults.max_in_flight),
+            diff: diff_options(file.diff.unwrap_or_default()),
         };
         let config = Self {
             listen,
@@ -422,6 +453,17 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The library's defaults, plus what the `[diff]` table adds.
+fn diff_options(file: FileDiff) -> tower_mirror::diff::DiffOptions {
+    let mut options = tower_mirror::diff::DiffOptions::default();
+    options.ignore_headers.extend(file.ignore_headers);
+    options.ignore_fields = file.ignore_fields;
+    if let Some(max_body) = file.max_body {
+        options.max_body_bytes = max_body.0;
+    }
+    options
 }
 
 /// The Mozilla roots, plus those in `ca_file`.
@@ -561,6 +603,12 @@ mod tests {
             http2 = true
             strip_headers = ["Authorization", "Cookie"]
             set_headers = { "x-shadow" = "1" }
+            compare = true
+
+            [diff]
+            ignore_headers = ["x-build"]
+            ignore_fields = ["/items/*/updated_at"]
+            max_body = "64KiB"
         "#;
         let from_file = Config::merge(&args(&[]), file(text)).unwrap();
         assert_eq!(from_file.listen, "127.0.0.1:9000".parse().unwrap());
@@ -578,6 +626,15 @@ mod tests {
         assert_eq!(
             from_file.mirror.targets[1].set_headers,
             [("x-shadow".to_owned(), "1".to_owned())]
+        );
+        assert!(from_file.mirror.targets[1].compare && !from_file.mirror.targets[0].compare);
+        let diff = &from_file.mirror.diff;
+        assert_eq!(diff.max_body_bytes, 64 << 10);
+        assert_eq!(diff.ignore_fields, ["/items/*/updated_at"]);
+        assert!(diff.ignore_headers.iter().any(|h| h == "x-build"));
+        assert!(
+            diff.ignore_headers.iter().any(|h| h == "date"),
+            "defaults kept"
         );
         assert_eq!(from_file.mirror.targets[1].percentage, 100);
 

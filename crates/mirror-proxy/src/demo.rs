@@ -49,6 +49,16 @@ struct Behaviour {
     delay_ms: Option<(u64, u64)>,
     /// Every n-th request answers 503.
     fail_every: Option<u64>,
+    /// The new build under test: `price_cents` renamed `price`, and 422 instead of 400 for an
+    /// invalid order.
+    candidate: bool,
+}
+
+/// Microseconds since the epoch: a field that differs between any two answers.
+fn now_micros() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
 }
 
 struct Shop {
@@ -119,16 +129,26 @@ fn spread(n: u64) -> u64 {
     x
 }
 
-async fn product(Path(id): Path<u64>, Query(query): Query<HashMap<String, String>>) -> Response {
+async fn product(
+    State(shop): State<Arc<Shop>>,
+    Path(id): Path<u64>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     let currency = query.get("currency").map_or("USD", String::as_str);
-    axum::Json(json!({
+    let price_field = if shop.behaviour.candidate {
+        "price"
+    } else {
+        "price_cents"
+    };
+    let mut product = json!({
         "id": id,
         "name": format!("Product {id}"),
-        "price_cents": 500 + id * 7 % 9000,
         "currency": currency,
         "in_stock": id % 5 != 0,
-    }))
-    .into_response()
+        "served_at": now_micros(),
+    });
+    product[price_field] = json!(500 + id * 7 % 9000);
+    axum::Json(product).into_response()
 }
 
 async fn order(
@@ -137,11 +157,12 @@ async fn order(
 ) -> Response {
     let qty = order["qty"].as_u64().unwrap_or(0);
     if qty == 0 {
-        return (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({"error": "qty must be positive"})),
-        )
-            .into_response();
+        let status = if shop.behaviour.candidate {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        return (status, axum::Json(json!({"error": "qty must be positive"}))).into_response();
     }
     let id = shop.received.load(Relaxed);
     (
@@ -159,7 +180,7 @@ async fn order(
 async fn search(Query(query): Query<HashMap<String, String>>) -> Response {
     let q = query.get("q").cloned().unwrap_or_default();
     let results: Vec<u64> = (1..=3).map(|i| (q.len() as u64) * 10 + i).collect();
-    axum::Json(json!({ "query": q, "results": results })).into_response()
+    axum::Json(json!({ "query": q, "results": results, "served_at": now_micros() })).into_response()
 }
 
 async fn upload(body: Bytes) -> Response {
@@ -205,41 +226,37 @@ pub async fn run(args: DemoArgs) -> ExitCode {
 }
 
 async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let primary = start_shop(
-        "primary",
-        Behaviour {
-            delay_ms: None,
-            fail_every: None,
-        },
-    )
-    .await?;
-    let fast = start_shop(
-        "fast shadow",
-        Behaviour {
-            delay_ms: None,
-            fail_every: None,
-        },
-    )
-    .await?;
-    let slow = start_shop(
-        "slow shadow",
+    let current_build = Behaviour {
+        delay_ms: None,
+        fail_every: None,
+        candidate: false,
+    };
+    let primary = start_shop("primary", current_build).await?;
+    // A second copy of the current build: fast, and the baseline that tells noise apart.
+    let baseline = start_shop("baseline", current_build).await?;
+    // The new build under test: slow, sometimes overloaded, and its answers differ.
+    let candidate = start_shop(
+        "candidate",
         Behaviour {
             delay_ms: Some((20, 300)),
             fail_every: Some(12),
+            candidate: true,
         },
     )
     .await?;
-    let shadows = [&fast, &slow];
+    let shadows = [&baseline, &candidate];
 
-    let config = Config::load(&RunArgs {
+    let mut config = Config::load(&RunArgs {
         listen: Some("127.0.0.1:0".parse()?),
         upstream: Some(primary.url()),
-        mirrors: vec![fast.url(), slow.url()],
+        mirrors: vec![baseline.url(), candidate.url()],
         timeout: Some(Duration::from_millis(TIMEOUT_MS)),
         max_in_flight: Some(MAX_IN_FLIGHT),
         admin: Some("127.0.0.1:0".parse()?),
         ..RunArgs::default()
     })?;
+    config.mirror.targets[0].baseline = true;
+    config.mirror.targets[1].compare = true;
     let proxy = Proxy::bind(config).await?;
     let proxy_addr = proxy.local_addr();
     let admin_addr = proxy.admin_addr();
@@ -255,9 +272,12 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     for shadow in shadows {
         println!("  {:<13} {}", shadow.shop.name, shadow.url());
     }
-    println!("  proxy         http://{proxy_addr}  (mirrors 100 % to both shadows)");
+    println!(
+        "  proxy         http://{proxy_addr}  (mirrors 100 % to both; compares the candidate \
+         with the primary, the baseline cancelling noise)"
+    );
     if let Some(admin) = admin_addr {
-        println!("  admin         http://{admin}/stats  /metrics  /healthz");
+        println!("  admin         http://{admin}/diff.html  /stats  /metrics  /diff");
     }
     println!(
         "\nsending {} requests at {RATE}/s (product views, JSON orders, searches, a few 256 KiB–1 MiB uploads)…",
@@ -285,6 +305,7 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         statuses
     );
     print_table(&mirror, &telemetry, shadows);
+    print_diff(&mirror);
 
     println!("\ntry it by hand:");
     println!("  curl -s http://{proxy_addr}/api/products/42?currency=EUR");
@@ -292,6 +313,9 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         "  curl -s -X POST -H 'content-type: application/json' -d '{{\"product_id\":42,\"qty\":1}}' http://{proxy_addr}/api/orders"
     );
     if let Some(admin) = admin_addr {
+        println!(
+            "  open  http://{admin}/diff.html   (the candidate's differences, route by route)"
+        );
         println!("  curl -s http://{admin}/stats");
         println!("  curl -s http://{admin}/metrics");
     }
@@ -424,6 +448,54 @@ fn progress(
         }
     }
     let _ = out.flush();
+}
+
+/// What the comparison found: per route, how often the candidate differed, and in what.
+fn print_diff(mirror: &tower_mirror::MirrorLayer) {
+    let Some(report) = mirror.diff_report() else {
+        return;
+    };
+    println!("\ncandidate vs primary (noise cancelled by the baseline):");
+    for route in &report.routes {
+        let top: Vec<String> = route
+            .fields
+            .iter()
+            .filter(|f| f.differing > 0)
+            .take(3)
+            .map(|f| {
+                let example = f.examples.first().map_or(String::new(), |e| {
+                    format!(
+                        " ({} → {})",
+                        e.primary.as_deref().unwrap_or("absent"),
+                        e.shadow.as_deref().unwrap_or("absent")
+                    )
+                });
+                format!("{} {}{example}", f.part.as_str(), f.path)
+            })
+            .collect();
+        let noise: Vec<&str> = route
+            .fields
+            .iter()
+            .filter(|f| f.differing == 0 && f.noise > 0)
+            .map(|f| f.path.as_str())
+            .collect();
+        println!(
+            "  {:<28} {:>5} compared, {:>5.1} % differ{}{}",
+            route.route,
+            route.compared,
+            route.divergence() * 100.0,
+            if top.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", top.join("; "))
+            },
+            if noise.is_empty() {
+                String::new()
+            } else {
+                format!("  [noise: {}]", noise.join(", "))
+            },
+        );
+    }
 }
 
 fn print_table(mirror: &tower_mirror::MirrorLayer, telemetry: &Telemetry, shadows: [&Running; 2]) {

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod diff_page;
 pub mod forward;
 pub mod server;
 pub mod telemetry;

@@ -56,6 +56,11 @@ impl Proxy {
             None
         } else {
             let (on_success, on_error) = (Arc::clone(&telemetry), Arc::clone(&telemetry));
+            let on_comparison = Arc::clone(&telemetry);
+            let mut diff = config.mirror.diff.clone();
+            diff.on_comparison = Some(Arc::new(move |comparison: &_| {
+                on_comparison.compared(comparison)
+            }));
             let options = Options {
                 on_success: Some(Arc::new(move |target: &str, response: &_| {
                     on_success.mirror_succeeded(target, response)
@@ -73,6 +78,7 @@ impl Proxy {
                 } else {
                     HttpSender::with_root_certificates(config.tls_roots.clone())
                 })),
+                diff,
                 ..config.mirror.options()
             };
             Some(MirrorLayer::with_options(options).map_err(|e| ConfigError(e.to_string()))?)

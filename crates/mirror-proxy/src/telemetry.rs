@@ -147,10 +147,15 @@ pub struct TargetTelemetry {
     unlogged_failures: AtomicU64,
 }
 
+/// The most distinct routes given their own label in comparison metrics; the rest are
+/// labelled `other`, so label cardinality stays bounded.
+const MAX_ROUTE_LABELS: usize = 256;
+
 /// Everything the proxy records.
 #[derive(Debug)]
 pub struct Telemetry {
     started: Instant,
+    route_labels: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The primary path.
     pub primary: PrimaryStats,
     /// Mirror targets, in configured order.
@@ -165,6 +170,7 @@ impl Telemetry {
         let prometheus = prometheus.then(install_prometheus).flatten();
         Self {
             started: Instant::now(),
+            route_labels: std::sync::Mutex::default(),
             primary: PrimaryStats::default(),
             targets: targets
                 .into_iter()
@@ -252,6 +258,31 @@ impl Telemetry {
         } else {
             target.unlogged_failures.fetch_add(1, Relaxed);
         }
+    }
+
+    /// tower-mirror's `on_comparison`: counted by target, route and outcome.
+    pub fn compared(&self, comparison: &tower_mirror::diff::Comparison) {
+        let route = {
+            let mut labels = self.route_labels.lock().unwrap_or_else(|p| p.into_inner());
+            if labels.contains(&comparison.route) || labels.len() < MAX_ROUTE_LABELS {
+                labels.insert(comparison.route.clone());
+                comparison.route.clone()
+            } else {
+                "other".to_owned()
+            }
+        };
+        let outcome = if comparison.is_equal() {
+            "equal"
+        } else {
+            "differ"
+        };
+        metrics::counter!(
+            "mirror_comparisons_total",
+            "target" => comparison.target.clone(),
+            "route" => route,
+            "outcome" => outcome
+        )
+        .increment(1);
     }
 
     /// The Prometheus text exposition: the recorder's metrics, with the mirror layer's

@@ -48,6 +48,9 @@ pub(crate) struct Shared {
     /// Mirrors in flight over all targets, and a wake-up for whoever waits for them to end.
     pub(crate) in_flight: AtomicUsize,
     pub(crate) idle: Notify,
+    /// Comparisons with the primary, when a target is compared.
+    #[cfg(feature = "diff")]
+    pub(crate) diff: Option<Arc<crate::diff::DiffEngine>>,
 }
 
 /// One configured target with its sampling and counters.

@@ -62,6 +62,8 @@ impl MirrorLayer {
                 max: MAX_TARGETS,
             });
         }
+        #[cfg(feature = "diff")]
+        let diff = crate::diff::DiffEngine::new(options.diff, &options.targets)?.map(Arc::new);
         let targets = options
             .targets
             .into_iter()
@@ -113,6 +115,8 @@ impl MirrorLayer {
                 not_mirrored: IneligibleCounters::default(),
                 in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
+                #[cfg(feature = "diff")]
+                diff,
             }),
         })
     }
@@ -125,6 +129,13 @@ impl MirrorLayer {
     /// A snapshot of every counter: per target, and of requests not mirrored at all.
     pub fn stats(&self) -> MirrorStats {
         self.shared.stats()
+    }
+
+    /// The comparisons so far, per compared target and route (feature `diff`); `None` when no
+    /// target is compared.
+    #[cfg(feature = "diff")]
+    pub fn diff_report(&self) -> Option<crate::diff::DiffReport> {
+        self.shared.diff.as_ref().map(|engine| engine.report())
     }
 
     /// Waits until no mirror is in flight, for at most `timeout`: for a graceful shutdown,

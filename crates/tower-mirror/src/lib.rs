@@ -75,6 +75,8 @@
 mod body;
 mod budget;
 mod client;
+#[cfg(feature = "diff")]
+pub mod diff;
 mod dispatch;
 mod error;
 mod future;

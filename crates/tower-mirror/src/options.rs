@@ -86,6 +86,10 @@ pub struct Options {
     pub on_error: Option<ErrorCallback>,
     /// Called when a mirror gets a response, whatever its status.
     pub on_success: Option<SuccessCallback>,
+    /// How targets marked with [`Target::with_comparison`] are compared with the primary
+    /// (feature `diff`).
+    #[cfg(feature = "diff")]
+    pub diff: crate::diff::DiffOptions,
     /// How mirrored requests are sent. Default `None`: an [`HttpSender`](crate::HttpSender)
     /// with pooled connections, HTTP/1.1 and HTTP/2, and rustls with verified certificates.
     pub sender: Option<Arc<dyn Sender>>,
@@ -116,6 +120,8 @@ impl Default for Options {
             capture_response_body: 0,
             on_error: None,
             on_success: None,
+            #[cfg(feature = "diff")]
+            diff: crate::diff::DiffOptions::default(),
             sender: None,
         }
     }
@@ -123,7 +129,8 @@ impl Default for Options {
 
 impl fmt::Debug for Options {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Options")
+        let mut debug = f.debug_struct("Options");
+        debug
             .field("targets", &self.targets)
             .field("timeout", &self.timeout)
             .field("mode", &self.mode)
@@ -134,8 +141,9 @@ impl fmt::Debug for Options {
             .field("loop_guard", &self.loop_guard)
             .field("capture_response_body", &self.capture_response_body)
             .field("on_error", &self.on_error.is_some())
-            .field("on_success", &self.on_success.is_some())
-            .field("sender", &self.sender.is_some())
-            .finish()
+            .field("on_success", &self.on_success.is_some());
+        #[cfg(feature = "diff")]
+        debug.field("diff", &self.diff);
+        debug.field("sender", &self.sender.is_some()).finish()
     }
 }

@@ -33,6 +33,14 @@ pub struct Target {
     /// Request headers set on every mirror to this target, replacing any the original had:
     /// `X-Shadow: 1`, or the staging environment's own credentials.
     pub set_headers: Vec<(String, String)>,
+    /// Compare this target's responses with the primary's (feature `diff`; see
+    /// [`diff`](crate::diff)).
+    #[cfg(feature = "diff")]
+    pub compare: bool,
+    /// This target runs the primary's own build: what differs between it and the primary is
+    /// noise, not regression (feature `diff`).
+    #[cfg(feature = "diff")]
+    pub baseline: bool,
 }
 
 impl Target {
@@ -52,6 +60,10 @@ impl Target {
             http2: false,
             strip_headers: Vec::new(),
             set_headers: Vec::new(),
+            #[cfg(feature = "diff")]
+            compare: false,
+            #[cfg(feature = "diff")]
+            baseline: false,
         }
     }
 
@@ -85,6 +97,21 @@ impl Target {
     /// reports that, or an invalid name, as a [`ConfigError`].
     pub fn strip_header(mut self, name: impl Into<String>) -> Self {
         self.strip_headers.push(name.into());
+        self
+    }
+
+    /// This target, with its responses compared with the primary's (feature `diff`).
+    #[cfg(feature = "diff")]
+    pub fn with_comparison(mut self) -> Self {
+        self.compare = true;
+        self
+    }
+
+    /// This target as the noise baseline: it runs the primary's own build, so whatever
+    /// differs between its responses and the primary's is noise (feature `diff`).
+    #[cfg(feature = "diff")]
+    pub fn as_baseline(mut self) -> Self {
+        self.baseline = true;
         self
     }
 
