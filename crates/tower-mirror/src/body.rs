@@ -163,6 +163,158 @@ where
     }
 }
 
+pin_project! {
+    /// The primary's response body, as the layer returns it: exactly the inner service's
+    /// frames.
+    ///
+    /// When the request is compared with a shadow's (feature `diff`), its first bytes are also
+    /// kept, as reference-counted clones while they stream to the client, and handed to the
+    /// comparison once the body has ended.
+    pub struct ResponseBody<B> {
+        #[pin]
+        inner: B,
+        capture: Option<Box<PrimaryCapture>>,
+    }
+}
+
+impl<B> ResponseBody<B> {
+    pub(crate) fn new(inner: B) -> Self {
+        Self {
+            inner,
+            capture: None,
+        }
+    }
+
+    #[cfg(feature = "diff")]
+    pub(crate) fn compared(inner: B, capture: PrimaryCapture) -> Self {
+        Self {
+            inner,
+            capture: Some(Box::new(capture)),
+        }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        let polled = ready!(this.inner.as_mut().poll_frame(cx));
+        if let Some(capture) = this.capture.as_mut() {
+            let finished = match &polled {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        capture.push(data);
+                    }
+                    this.inner.is_end_stream()
+                }
+                // A failed body is not compared: drop the capture unreported.
+                Some(Err(_)) => {
+                    *this.capture = None;
+                    false
+                }
+                None => true,
+            };
+            if finished {
+                if let Some(capture) = this.capture.take() {
+                    capture.finish();
+                }
+            }
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("inner", &self.inner)
+            .field("compared", &self.capture.is_some())
+            .finish()
+    }
+}
+
+/// The primary response kept for a comparison (feature `diff`).
+#[cfg(feature = "diff")]
+pub(crate) struct PrimaryCapture {
+    cell: std::sync::Arc<crate::diff::DiffCell>,
+    status: http::StatusCode,
+    headers: http::HeaderMap,
+    latency: std::time::Duration,
+    chunks: Vec<Bytes>,
+    len: usize,
+    limit: usize,
+}
+
+#[cfg(feature = "diff")]
+impl PrimaryCapture {
+    pub(crate) fn new<B>(
+        cell: std::sync::Arc<crate::diff::DiffCell>,
+        response: &http::Response<B>,
+    ) -> Self {
+        Self {
+            limit: cell.engine().max_body_bytes(),
+            latency: cell.elapsed(),
+            status: response.status(),
+            headers: response.headers().clone(),
+            cell,
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, data: &Bytes) {
+        self.len = self.len.saturating_add(data.len());
+        if self.len <= self.limit && !data.is_empty() {
+            self.chunks.push(data.clone());
+        } else if self.len > self.limit {
+            // Over the cap the body will not be compared: keep nothing more.
+            self.chunks = Vec::new();
+        }
+    }
+
+    fn finish(self) {
+        let complete = self.len <= self.limit;
+        self.cell.primary(
+            self.status,
+            self.headers,
+            self.chunks,
+            complete,
+            self.latency,
+        );
+    }
+}
+
+/// Without the `diff` feature nothing is ever captured.
+#[cfg(not(feature = "diff"))]
+pub(crate) enum PrimaryCapture {}
+
+#[cfg(not(feature = "diff"))]
+impl PrimaryCapture {
+    fn push(&mut self, _: &Bytes) {
+        match *self {}
+    }
+
+    fn finish(self) {
+        match self {}
+    }
+}
+
 /// Async mode's copy of a body in flight to the inner service.
 pub(crate) struct Tee {
     /// `Some` until the mirrors are sent or given up.

@@ -19,11 +19,11 @@ use crate::body::MirrorBody;
 use crate::error::BoxError;
 
 /// The body of a shadow target's response, as a [`Sender`] returns it.
-pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+pub type ShadowBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The future a [`Sender`] returns: the response head, with its body still to be read.
 pub type SendFuture =
-    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send + 'static>>;
+    Pin<Box<dyn Future<Output = Result<Response<ShadowBody>, BoxError>> + Send + 'static>>;
 
 /// Sends mirrored requests to their targets.
 ///

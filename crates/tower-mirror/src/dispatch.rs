@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::body::{MirrorBody, Payload};
 use crate::budget::ByteBudget;
-use crate::client::{ResponseBody, Sender};
+use crate::client::{Sender, ShadowBody};
 use crate::error::MirrorError;
 use crate::options::{ErrorCallback, Mode, SuccessCallback};
 use crate::request::{self, RequestSnapshot, X_MIRRORED_FROM};
@@ -131,6 +131,9 @@ pub(crate) struct PendingMirror {
     shared: Arc<Shared>,
     targets: TargetSet,
     snapshot: Arc<RequestSnapshot>,
+    /// The request's comparison, for the targets that take part in it.
+    #[cfg_attr(not(feature = "diff"), allow(dead_code))]
+    cell: Option<CellRef>,
 }
 
 impl PendingMirror {
@@ -139,7 +142,21 @@ impl PendingMirror {
             shared,
             targets,
             snapshot: Arc::new(snapshot),
+            cell: None,
         }
+    }
+
+    /// Gives the targets that take part in comparisons a share of `cell`.
+    #[cfg(feature = "diff")]
+    pub(crate) fn compared_in(mut self, cell: CellRef) -> Self {
+        self.cell = Some(cell);
+        self
+    }
+
+    /// The chosen targets.
+    #[cfg(feature = "diff")]
+    pub(crate) fn targets(&self) -> impl Iterator<Item = usize> {
+        self.targets.iter()
     }
 
     /// Counts every chosen target as skipped.
@@ -162,6 +179,19 @@ impl PendingMirror {
         tasks
     }
 
+    #[cfg(feature = "diff")]
+    fn cell_for(&self, index: usize) -> Option<CellRef> {
+        self.cell
+            .as_ref()
+            .filter(|cell| cell.engine().takes_part(index))
+            .cloned()
+    }
+
+    #[cfg(not(feature = "diff"))]
+    fn cell_for(&self, _: usize) -> Option<CellRef> {
+        None
+    }
+
     fn spawn_each(self, payload: Option<Arc<Payload>>, mut spawned: impl FnMut(JoinHandle<()>)) {
         let Some(runtime) = runtime() else {
             self.skip(SkipReason::NoRuntime);
@@ -178,7 +208,8 @@ impl PendingMirror {
                 .clone()
                 .map_or_else(MirrorBody::empty, MirrorBody::from_payload);
             let snapshot = Arc::clone(&self.snapshot);
-            spawned(runtime.spawn(mirror_one(slot, snapshot, body)));
+            let cell = self.cell_for(index);
+            spawned(runtime.spawn(mirror_one(slot, snapshot, body, cell)));
         }
     }
 }
@@ -229,7 +260,12 @@ impl Drop for InFlight {
 }
 
 /// Sends one mirror, records its outcome and tells the callbacks.
-async fn mirror_one(slot: InFlight, snapshot: Arc<RequestSnapshot>, body: MirrorBody) {
+async fn mirror_one(
+    slot: InFlight,
+    snapshot: Arc<RequestSnapshot>,
+    body: MirrorBody,
+    cell: Option<CellRef>,
+) {
     let shared = &*slot.shared;
     let state = &shared.targets[slot.index];
     let counters = &state.counters;
@@ -240,11 +276,20 @@ async fn mirror_one(slot: InFlight, snapshot: Arc<RequestSnapshot>, body: Mirror
     };
     drop(snapshot);
 
-    let outcome = tokio::time::timeout(shared.timeout, exchange(shared, request)).await;
+    let capture = shared
+        .capture_response_body
+        .max(cell.as_ref().map_or(0, cell_capture));
+    let outcome = tokio::time::timeout(shared.timeout, exchange(shared, request, capture)).await;
     let url = state.target.url.as_str();
     // Callbacks run before the counters move, so whoever sees a count also sees its callback.
     let counter = match outcome {
-        Ok(Ok(response)) => {
+        Ok(Ok((mut response, complete))) => {
+            if let Some(cell) = &cell {
+                give_to_cell(cell, slot.index, &response, complete);
+            }
+            // The user gets only the bytes they asked for, whatever the comparison kept.
+            let wanted = shared.capture_response_body.min(response.body.len());
+            response.body.truncate(wanted);
             if let Some(on_success) = &shared.on_success {
                 contain_panic(|| on_success(url, &response));
             }
@@ -266,17 +311,53 @@ async fn mirror_one(slot: InFlight, snapshot: Arc<RequestSnapshot>, body: Mirror
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// The comparison's share of one request, held by the mirror tasks that take part in it.
+#[cfg(feature = "diff")]
+pub(crate) type CellRef = Arc<crate::diff::DiffCell>;
+/// Without the `diff` feature there is no comparison to take part in.
+#[cfg(not(feature = "diff"))]
+pub(crate) type CellRef = std::convert::Infallible;
+
+#[cfg(feature = "diff")]
+fn cell_capture(cell: &CellRef) -> usize {
+    cell.engine().max_body_bytes()
+}
+
+#[cfg(not(feature = "diff"))]
+fn cell_capture(cell: &CellRef) -> usize {
+    match *cell {}
+}
+
+#[cfg(feature = "diff")]
+fn give_to_cell(cell: &CellRef, index: usize, response: &MirrorResponse, complete: bool) {
+    cell.shadow(
+        index,
+        response.status,
+        response.headers.clone(),
+        response.body.clone(),
+        complete,
+        response.latency,
+    );
+}
+
+#[cfg(not(feature = "diff"))]
+fn give_to_cell(cell: &CellRef, _: usize, _: &MirrorResponse, _: bool) {
+    match *cell {}
+}
+
 /// Runs a user callback so that its panic (reported by the panic hook as usual) cannot leave
 /// the outcome uncounted.
 fn contain_panic(callback: impl FnOnce()) {
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(callback));
 }
 
-/// One exchange: send, receive the head, read the body (keeping what the user asked for).
+/// One exchange: send, receive the head, read the body, keeping its first `capture` bytes;
+/// also says whether the whole body fit in them.
 async fn exchange(
     shared: &Shared,
     request: Request<MirrorBody>,
-) -> Result<MirrorResponse, MirrorError> {
+    capture: usize,
+) -> Result<(MirrorResponse, bool), MirrorError> {
     let method = request.method().clone();
     let uri = request.uri().clone();
     let started = Instant::now();
@@ -287,10 +368,10 @@ async fn exchange(
         .map_err(MirrorError::from_send)?;
     let latency = started.elapsed();
     let (parts, body) = response.into_parts();
-    let body = drain(body, shared.capture_response_body)
+    let (body, complete) = drain(body, capture)
         .await
         .map_err(MirrorError::response_body)?;
-    Ok(MirrorResponse {
+    let response = MirrorResponse {
         status: parts.status,
         version: parts.version,
         headers: parts.headers,
@@ -298,17 +379,22 @@ async fn exchange(
         uri,
         latency,
         body: body.freeze(),
-    })
+    };
+    Ok((response, complete))
 }
 
-/// Reads a response body so its connection can be reused, keeping its first `capture` bytes.
-async fn drain(mut body: ResponseBody, capture: usize) -> Result<BytesMut, crate::error::BoxError> {
+/// Reads a response body so its connection can be reused, keeping its first `capture`
+/// bytes; says whether the whole body fit in them.
+async fn drain(
+    mut body: ShadowBody,
+    capture: usize,
+) -> Result<(BytesMut, bool), crate::error::BoxError> {
     let mut captured = BytesMut::new();
     let mut read = 0usize;
     let limit = DRAIN_LIMIT.max(capture);
     while read < limit {
         let Some(frame) = body.frame().await.transpose()? else {
-            break;
+            return Ok((captured, read <= capture));
         };
         if let Ok(data) = frame.into_data() {
             read = read.saturating_add(data.len());
@@ -316,5 +402,5 @@ async fn drain(mut body: ResponseBody, capture: usize) -> Result<BytesMut, crate
             captured.extend_from_slice(&data[..room.min(data.len())]);
         }
     }
-    Ok(captured)
+    Ok((captured, false))
 }

@@ -118,8 +118,8 @@ pub mod fuzzing {
     }
 }
 
-pub use body::{MirrorBody, TeeBody};
-pub use client::{HttpSender, ResponseBody, SendFuture, Sender};
+pub use body::{MirrorBody, ResponseBody, TeeBody};
+pub use client::{HttpSender, SendFuture, Sender, ShadowBody};
 pub use error::{BoxError, ConfigError, MirrorError};
 pub use future::ResponseFuture;
 pub use layer::{DrainReport, MirrorLayer};

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::Request;
+use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use crate::body::{Tee, TeeBody, read_ahead};
+use crate::body::{ResponseBody, Tee, TeeBody, read_ahead};
 use crate::budget::Reservation;
-use crate::dispatch::{PendingMirror, Shared, runtime};
+use crate::dispatch::{CellRef, PendingMirror, Shared, runtime};
 use crate::future::ResponseFuture;
 use crate::options::Mode;
 use crate::request::RequestSnapshot;
@@ -53,14 +53,14 @@ impl<S> Mirror<S> {
     }
 }
 
-impl<S, B> Service<Request<B>> for Mirror<S>
+impl<S, B, ResBody> Service<Request<B>> for Mirror<S>
 where
-    S: Service<Request<TeeBody<B>>> + Clone + Send + 'static,
+    S: Service<Request<TeeBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
@@ -84,11 +84,39 @@ where
             targets,
             RequestSnapshot::capture(&request),
         );
-        match shared.mode {
+        let (pending, cell) = compare(shared, pending, &request);
+        let future = match shared.mode {
             Mode::Async => self.mirror_async(request, pending),
             Mode::Sync => self.mirror_sync(request, pending),
-        }
+        };
+        future.compared_in(cell)
     }
+}
+
+/// Opens the request's comparison when a chosen target is compared (or the baseline).
+#[cfg(feature = "diff")]
+fn compare<B>(
+    shared: &Shared,
+    pending: PendingMirror,
+    request: &Request<B>,
+) -> (PendingMirror, Option<CellRef>) {
+    let Some(engine) = &shared.diff else {
+        return (pending, None);
+    };
+    if !pending.targets().any(|index| engine.takes_part(index)) {
+        return (pending, None);
+    }
+    let cell = crate::diff::DiffCell::new(Arc::clone(engine), request.method(), request.uri());
+    (pending.compared_in(Arc::clone(&cell)), Some(cell))
+}
+
+#[cfg(not(feature = "diff"))]
+fn compare<B>(
+    _: &Shared,
+    pending: PendingMirror,
+    _: &Request<B>,
+) -> (PendingMirror, Option<CellRef>) {
+    (pending, None)
 }
 
 impl<S> Mirror<S> {

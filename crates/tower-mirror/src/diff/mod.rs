@@ -413,7 +413,7 @@ struct Side {
 
 #[derive(Default)]
 struct Slots {
-    primary: Option<Side>,
+    primary: Option<PendingSide>,
     shadows: Vec<(usize, Side)>,
 }
 
@@ -453,26 +453,69 @@ impl DiffCell {
         self.started.elapsed()
     }
 
-    /// The primary's response, complete (or cut at the cap).
+    /// The primary's response, complete (or cut at the cap). Its body chunks are joined
+    /// later, off the request path.
     pub(crate) fn primary(
         &self,
         status: StatusCode,
         headers: HeaderMap,
-        body: Bytes,
+        chunks: Vec<Bytes>,
         complete: bool,
         latency: Duration,
     ) {
-        self.slots().primary = Some(Side {
-            response: Captured {
-                status,
-                headers,
-                body,
-                complete,
-            },
+        let body = match <[Bytes; 1]>::try_from(chunks) {
+            Ok([single]) => Body::Joined(single),
+            Err(chunks) => Body::Chunks(chunks),
+        };
+        self.slots().primary = Some(PendingSide {
+            status,
+            headers,
+            body,
+            complete,
             latency,
         });
     }
+}
 
+/// The primary's body, joined into one buffer only when compared.
+enum Body {
+    Joined(Bytes),
+    Chunks(Vec<Bytes>),
+}
+
+impl Body {
+    fn join(self) -> Bytes {
+        match self {
+            Self::Joined(bytes) => bytes,
+            Self::Chunks(chunks) => chunks.concat().into(),
+        }
+    }
+}
+
+/// The primary's response as the cell first keeps it.
+struct PendingSide {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Body,
+    complete: bool,
+    latency: Duration,
+}
+
+impl PendingSide {
+    fn into_side(self) -> Side {
+        Side {
+            response: Captured {
+                status: self.status,
+                headers: self.headers,
+                body: self.body.join(),
+                complete: self.complete,
+            },
+            latency: self.latency,
+        }
+    }
+}
+
+impl DiffCell {
     /// A shadow's response, complete (or cut at the cap).
     pub(crate) fn shadow(
         &self,
@@ -508,7 +551,7 @@ impl Drop for DiffCell {
             return;
         }
         let engine = Arc::clone(&self.engine);
-        let evaluate = move || engine.evaluate(&request, &primary, &slots.shadows);
+        let evaluate = move || engine.evaluate(&request, &primary.into_side(), &slots.shadows);
         // Off the request path when the primary's body was the last to finish.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn(async move { evaluate() })),
