@@ -18,7 +18,7 @@ use tower::{Layer, Service};
 use tower_mirror::{DrainReport, HttpSender, MirrorLayer, Options, TeeBody};
 
 use crate::config::{Config, ConfigError};
-use crate::forward::{Forward, ForwardShared, ProxyBody};
+use crate::forward::{Forward, ForwardShared};
 use crate::telemetry::Telemetry;
 
 /// A proxy with its listeners bound, ready to serve.
@@ -188,7 +188,7 @@ async fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener, ConfigError> 
 /// client address; then asks every connection to close after its in-flight requests, and
 /// waits for them up to `drain_timeout`. Returns how many connections were still open then,
 /// and when the drain timeout ends.
-async fn accept<S, M>(
+async fn accept<S, M, B>(
     listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Send,
@@ -197,11 +197,13 @@ async fn accept<S, M>(
 ) -> (usize, tokio::time::Instant)
 where
     M: Fn(SocketAddr) -> S,
-    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let builder = auto::Builder::new(TokioExecutor::new());
     // Each connection task holds a sender; when all are gone, every connection has closed.

@@ -20,7 +20,7 @@ use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Empty, Full};
 use tower::{Layer, Service, ServiceExt};
-use tower_mirror::{MirrorBody, MirrorLayer, Options, ResponseBody, SendFuture, Target};
+use tower_mirror::{MirrorBody, MirrorLayer, Options, SendFuture, ShadowBody, Target};
 
 /// Counts what it is asked to send and answers at once: no sockets, no allocation of its own
 /// beyond the boxed future the trait requires.
@@ -28,7 +28,7 @@ fn counting_sender(sent: Arc<AtomicU64>) -> impl Fn(Request<MirrorBody>) -> Send
     move |request: Request<MirrorBody>| -> SendFuture {
         sent.fetch_add(1, Ordering::Relaxed);
         drop(request);
-        let body: ResponseBody = Empty::new().map_err(|never| match never {}).boxed_unsync();
+        let body: ShadowBody = Empty::new().map_err(|never| match never {}).boxed_unsync();
         Box::pin(ready(Ok(Response::new(body))))
     }
 }
@@ -45,9 +45,11 @@ fn layer(targets: Vec<Target>, sent: &Arc<AtomicU64>) -> MirrorLayer {
 }
 
 /// The inner service: reads the request body to its end, answers 200.
-async fn handle<B: Body<Data = Bytes>>(request: Request<B>) -> Result<Response<()>, Infallible> {
+async fn handle<B: Body<Data = Bytes>>(
+    request: Request<B>,
+) -> Result<Response<Empty<Bytes>>, Infallible> {
     let _ = request.into_body().collect().await;
-    Ok(Response::new(()))
+    Ok(Response::new(Empty::new()))
 }
 
 fn get() -> Request<Full<Bytes>> {

@@ -185,6 +185,16 @@ impl<B> ResponseBody<B> {
         }
     }
 
+    /// The inner service's body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// The inner service's body, unwrapped.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+
     #[cfg(feature = "diff")]
     pub(crate) fn compared(inner: B, capture: PrimaryCapture) -> Self {
         Self {

@@ -270,7 +270,11 @@ async fn mirror_one(
     let state = &shared.targets[slot.index];
     let counters = &state.counters;
     let Some(request) = request::build(&snapshot, &state.compiled, body) else {
-        // Unreachable: `ineligible` lets only origin-form paths through, and they always join.
+        // `ineligible` lets only origin-form paths through, so this is a request target that
+        // fits a URI but not with the base's path in front of it.
+        if let Some(on_error) = &shared.on_error {
+            contain_panic(|| on_error(&state.target.url, &MirrorError::uri()));
+        }
         counters.failed.fetch_add(1, Ordering::Relaxed);
         return;
     };

@@ -88,6 +88,7 @@ enum ErrorKind {
     Connect,
     Request,
     ResponseBody,
+    Uri,
 }
 
 impl MirrorError {
@@ -108,6 +109,15 @@ impl MirrorError {
         Self {
             kind,
             source: Some(error),
+        }
+    }
+
+    /// The target's base joined with the original path and query is not a valid URI (in
+    /// practice: longer than a URI may be).
+    pub(crate) fn uri() -> Self {
+        Self {
+            kind: ErrorKind::Uri,
+            source: None,
         }
     }
 
@@ -161,6 +171,10 @@ impl fmt::Display for MirrorError {
             ErrorKind::Connect => f.write_str("could not connect to the mirror target")?,
             ErrorKind::Request => f.write_str("mirror request failed")?,
             ErrorKind::ResponseBody => f.write_str("reading the mirror response body failed")?,
+            ErrorKind::Uri => f.write_str(
+                "the mirror URI would be invalid: the target's base path and the original \
+                 path and query together are too long",
+            )?,
         }
         // The root cause is what a log reader needs ("Connection refused"), and callbacks
         // usually print only `{}`; `source()` still exposes the whole chain.

@@ -51,36 +51,42 @@ pub(crate) fn is_reserved(name: &HeaderName) -> bool {
     )
 }
 
+/// The comma-separated tokens of every `name` header, trimmed. Bytes, not text: a value
+/// with one non-ASCII byte must still name its other tokens.
+fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+}
+
 /// The header names listed in `Connection`, which are hop-by-hop too.
 fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+    tokens(headers, &header::CONNECTION)
+        .filter_map(|token| HeaderName::from_bytes(token).ok())
         .collect()
 }
 
 fn asks_for_trailers(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("trailers"))
+    tokens(headers, &header::TE).any(|token| token.eq_ignore_ascii_case(b"trailers"))
 }
 
-/// The host the original request was sent to: its `Host` header, or for HTTP/2 (which carries
-/// it in `:authority`) the URI's authority.
+/// The host the original request was sent to: the request target's authority when it has
+/// one (HTTP/2's `:authority`, or an absolute-form target, which wins over `Host` as RFC 9112
+/// §3.2.2 says), else its `Host` header.
 fn original_host(snapshot: &RequestSnapshot) -> HeaderValue {
-    if let Some(host) = snapshot.headers.get(header::HOST) {
-        return host.clone();
-    }
     snapshot
         .uri
         .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        // Host and port only: user information in a request target is nobody else's business.
+        .map(|a| {
+            a.as_str()
+                .rsplit_once('@')
+                .map_or(a.as_str(), |(_, host)| host)
+        })
+        .and_then(|host| HeaderValue::from_str(host).ok())
+        .or_else(|| snapshot.headers.get(header::HOST).cloned())
         // Still mark the request as a mirror, so the loop guard on the target sees it.
         .unwrap_or_else(|| HeaderValue::from_static(""))
 }
@@ -285,6 +291,42 @@ mod tests {
         assert_eq!(h.get_all("x-env").iter().collect::<Vec<_>>(), ["shadow"]);
         assert_eq!(h.get_all("x-shadow").iter().collect::<Vec<_>>(), ["1", "2"]);
         assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn connection_tokens_are_read_as_bytes() {
+        let request = Request::get("/")
+            .header(
+                "connection",
+                HeaderValue::from_bytes(b"x-hop, caf\xe9").unwrap(),
+            )
+            .header("x-hop", "secret")
+            .header("te", HeaderValue::from_bytes(b"trailers, \xe4").unwrap())
+            .body(())
+            .unwrap();
+        let mirror = mirror_to(
+            request,
+            Target::new("http://h").with_http2(),
+            MirrorBody::empty(),
+        );
+        assert!(!mirror.headers().contains_key("x-hop"));
+        assert_eq!(mirror.headers()["te"], "trailers");
+    }
+
+    #[test]
+    fn an_absolute_form_authority_wins_over_host() {
+        let request = Request::get("http://target.example/x")
+            .header("host", "other.example")
+            .body(())
+            .unwrap();
+        let mirror = mirror_of(request, "http://shadow", MirrorBody::empty());
+        assert_eq!(mirror.headers()["x-mirrored-from"], "target.example");
+
+        let with_credentials = Request::get("https://user:pw@target.example:8443/x")
+            .body(())
+            .unwrap();
+        let mirror = mirror_of(with_credentials, "http://shadow", MirrorBody::empty());
+        assert_eq!(mirror.headers()["x-mirrored-from"], "target.example:8443");
     }
 
     #[test]

@@ -239,7 +239,8 @@ impl Base {
 
     /// The URI to mirror `original` to: base scheme and authority, base path prefix, then the
     /// original path and query. `None` when the original has no origin-form path (`OPTIONS *`,
-    /// authority-form `CONNECT`): there is nothing to append it to.
+    /// authority-form `CONNECT`): there is nothing to append it to; or when the joined path
+    /// and query are longer than a URI may be.
     pub(crate) fn join(&self, original: &Uri) -> Option<Uri> {
         let path = original.path();
         if !path.starts_with('/') {

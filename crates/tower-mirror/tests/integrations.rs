@@ -21,7 +21,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
-use tower_mirror::{Mirror, MirrorLayer, Options, Target, TeeBody, X_MIRRORED_FROM};
+use tower_mirror::{Mirror, MirrorLayer, Options, ResponseBody, Target, TeeBody, X_MIRRORED_FROM};
 
 use support::{DEADLINE, Shadow, eventually, refused_url, serve};
 
@@ -209,7 +209,10 @@ async fn tower_service_builder_stacks_the_layer_over_a_router() {
             .insert("x-stamped", http::HeaderValue::from_static("outer"));
         request
     }
+    // `axum::serve` wants axum's own response type; the layer wraps the response body (like
+    // tower-http's layers), so turn it back with `IntoResponse` at the top of the stack.
     let service = ServiceBuilder::new()
+        .map_response(axum::response::IntoResponse::into_response)
         .map_request(stamp)
         .layer(layer.clone())
         .service(router);
@@ -442,18 +445,17 @@ async fn tonic_server_layer_mirrors_a_grpc_health_check() {
 }
 
 /// Serves tonic's health service for `SERVICE` on loopback, behind `layer`; returns its address.
-async fn grpc_server<L>(layer: L) -> std::net::SocketAddr
+async fn grpc_server<L, B>(layer: L) -> std::net::SocketAddr
 where
     L: Layer<tonic::service::Routes> + Send + Sync + Clone + 'static,
-    L::Service: Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + Clone
+    L::Service: Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Infallible>
+        + Clone
         + Send
         + Sync
         + 'static,
     <L::Service as Service<http::Request<tonic::body::Body>>>::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -534,12 +536,13 @@ async fn grpc_is_mirrored_to_a_grpc_target_over_h2c() {
 
 fn assert_clone_send_sync<T: Clone + Send + Sync + 'static>() {}
 
-/// Compiles only when the layered service's response and error are the inner service's.
-fn assert_same_types<S, B>(_: &Mirror<S>)
+/// Compiles only when the layered service's error is the inner service's own, and its
+/// response the inner one with the body wrapped in `ResponseBody`.
+fn assert_same_types<S, B, R>(_: &Mirror<S>)
 where
     B: http_body::Body,
-    S: Service<Request<TeeBody<B>>>,
-    Mirror<S>: Service<Request<B>, Response = S::Response, Error = S::Error>,
+    S: Service<Request<TeeBody<B>>, Response = Response<R>>,
+    Mirror<S>: Service<Request<B>, Response = Response<ResponseBody<R>>, Error = S::Error>,
 {
 }
 
@@ -574,12 +577,13 @@ async fn inner_errors_come_back_as_the_same_value() {
         }
     });
     let service = layer.layer(inner);
-    assert_same_types::<_, Full<Bytes>>(&service);
+    assert_same_types::<_, Full<Bytes>, Full<Bytes>>(&service);
 
     let request = Request::get("http://primary.test/fails?x=1")
         .body(Full::<Bytes>::default())
         .unwrap();
-    let result: Result<Response<Full<Bytes>>, MyError> = service.oneshot(request).await;
+    let result: Result<Response<ResponseBody<Full<Bytes>>>, MyError> =
+        service.oneshot(request).await;
     let error = result.expect_err("the inner service's error is returned");
     assert!(
         Arc::ptr_eq(&error.token, &token),

@@ -1004,13 +1004,15 @@ async fn a_failing_body_is_not_mirrored_and_the_inner_service_sees_the_failure()
         })
         .unwrap();
         let inner = tower::service_fn(|request: Request<TeeBody<Failing>>| async move {
-            Ok::<_, Infallible>(observe(request).await)
+            Ok::<_, Infallible>(Response::new(observe(request).await))
         });
         let service = tower::Layer::layer(&layer, inner);
         let seen = service
             .oneshot(Request::post("/upload").body(Failing(0)).unwrap())
             .await
-            .unwrap();
+            .unwrap()
+            .into_body()
+            .into_inner();
         assert_eq!(seen.body, Err("client went away".to_owned()), "{mode:?}");
         let stats = settled(&layer).await;
         assert_eq!(stats.targets[0].skipped.body_error, 1, "{mode:?}");
@@ -1043,7 +1045,7 @@ async fn connect_and_asterisk_requests_are_not_mirrored() {
 fn without_a_runtime_mirrors_are_skipped_and_the_primary_is_served() {
     let layer = MirrorLayer::new(["http://127.0.0.1:9"]).unwrap();
     let inner = tower::service_fn(|_: Request<TeeBody<Full<Bytes>>>| async {
-        Ok::<_, Infallible>("served")
+        Ok::<_, Infallible>(Response::new("served"))
     });
     let mut service = tower::Layer::layer(&layer, inner);
     let mut future = std::pin::pin!(tower::Service::call(
@@ -1051,10 +1053,10 @@ fn without_a_runtime_mirrors_are_skipped_and_the_primary_is_served() {
         Request::get("/x").body(Full::default()).unwrap()
     ));
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    assert!(matches!(
-        future.as_mut().poll(&mut cx),
-        Poll::Ready(Ok("served"))
-    ));
+    let Poll::Ready(Ok(response)) = future.as_mut().poll(&mut cx) else {
+        panic!("the primary was not served at once");
+    };
+    assert_eq!(response.into_body().into_inner(), "served");
     assert_eq!(layer.stats().targets[0].skipped.no_runtime, 1);
 }
 
@@ -1216,12 +1218,12 @@ fn a_runtime_without_timers_skips_mirrors_instead_of_panicking() {
         })
         .unwrap();
         let inner = tower::service_fn(|_: Request<TeeBody<Full<Bytes>>>| async {
-            Ok::<_, Infallible>("served")
+            Ok::<_, Infallible>(Response::new("served"))
         });
         let service = tower::Layer::layer(&layer, inner);
         let request = Request::get("/x").body(Full::default()).unwrap();
         let answer = runtime.block_on(service.oneshot(request)).unwrap();
-        assert_eq!(answer, "served", "{mode:?}");
+        assert_eq!(answer.into_body().into_inner(), "served", "{mode:?}");
         assert_eq!(layer.stats().targets[0].skipped.no_runtime, 1, "{mode:?}");
     }
 }
