@@ -57,7 +57,7 @@ impl Gate {
         self.0.send_replace(true);
     }
 
-    async fn wait(&self) {
+    pub async fn wait(&self) {
         let mut rx = self.0.subscribe();
         let _ = rx.wait_for(|open| *open).await;
     }
