@@ -164,11 +164,11 @@ async fn order(
         };
         return (status, axum::Json(json!({"error": "qty must be positive"}))).into_response();
     }
-    let id = shop.received.load(Relaxed);
     (
         StatusCode::CREATED,
         axum::Json(json!({
-            "order_id": id,
+            // Generated, so it differs between any two builds: noise the baseline cancels.
+            "order_id": now_micros(),
             "product_id": order["product_id"],
             "qty": qty,
             "status": "created",
@@ -239,7 +239,7 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         "candidate",
         Behaviour {
             delay_ms: Some((20, 300)),
-            fail_every: Some(12),
+            fail_every: Some(25),
             candidate: true,
         },
     )
@@ -466,11 +466,16 @@ fn print_diff(mirror: &tower_mirror::MirrorLayer) {
                 let example = f.examples.first().map_or(String::new(), |e| {
                     format!(
                         " ({} → {})",
-                        e.primary.as_deref().unwrap_or("absent"),
-                        e.shadow.as_deref().unwrap_or("absent")
+                        terse(e.primary.as_deref()),
+                        terse(e.shadow.as_deref())
                     )
                 });
-                format!("{} {}{example}", f.part.as_str(), f.path)
+                let field = if f.path.is_empty() {
+                    f.part.as_str().to_owned()
+                } else {
+                    format!("{} {}", f.part.as_str(), f.path)
+                };
+                format!("{field}{example}")
             })
             .collect();
         let noise: Vec<&str> = route
@@ -495,6 +500,23 @@ fn print_diff(mirror: &tower_mirror::MirrorLayer) {
                 format!("  [noise: {}]", noise.join(", "))
             },
         );
+    }
+}
+
+/// A value short enough for one terminal line, control characters blanked.
+fn terse(value: Option<&str>) -> String {
+    let Some(value) = value else {
+        return "absent".to_owned();
+    };
+    let escaped: String = value
+        .trim_end()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if escaped.chars().count() > 32 {
+        format!("{}…", escaped.chars().take(31).collect::<String>())
+    } else {
+        escaped
     }
 }
 
