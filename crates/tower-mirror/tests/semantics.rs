@@ -1259,3 +1259,49 @@ async fn per_target_header_rules_keep_credentials_from_a_target() {
         "rules are per target"
     );
 }
+
+#[tokio::test]
+async fn a_teed_body_reaches_the_sender_as_the_very_same_bytes() {
+    // The sender records where each mirrored chunk's bytes live; the tee must hand over
+    // reference-counted clones of the original chunks, never copies.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let sender = move |request: Request<tower_mirror::MirrorBody>| -> tower_mirror::SendFuture {
+        let record = Arc::clone(&record);
+        Box::pin(async move {
+            let mut body = request.into_body();
+            while let Some(frame) = body.frame().await {
+                let data = frame.unwrap().into_data().unwrap();
+                record
+                    .lock()
+                    .unwrap()
+                    .push((data.as_ptr() as usize, data.len()));
+            }
+            let empty: tower_mirror::ShadowBody = http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            Ok(Response::new(empty))
+        })
+    };
+    let layer = MirrorLayer::with_options(Options {
+        sender: Some(Arc::new(sender)),
+        ..options(vec![Target::new("http://shadow.internal")])
+    })
+    .unwrap();
+    let original = pattern(64 * 1024);
+    let inner = tower::service_fn(|request: Request<TeeBody<Full<Bytes>>>| async move {
+        request.into_body().collect().await.unwrap();
+        Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+    });
+    let service = tower::Layer::layer(&layer, inner);
+    let request = Request::post("/upload")
+        .body(Full::new(original.clone()))
+        .unwrap();
+    service.oneshot(request).await.unwrap();
+    settled(&layer).await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [(original.as_ptr() as usize, original.len())],
+        "one chunk, at the original's address"
+    );
+}
