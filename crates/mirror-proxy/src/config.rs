@@ -106,7 +106,7 @@ pub struct RunArgs {
     /// the Mozilla roots: for an internal CA.
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
-    /// A TOML file with any of these settings, plus per-target ones ([[mirror]] tables).
+    /// A TOML file with any of these settings, plus per-target ones (`[[mirror]]` tables).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log format on stderr [default: text].
