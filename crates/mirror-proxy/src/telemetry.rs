@@ -143,6 +143,8 @@ pub struct TargetTelemetry {
     pub latency: LatencyHistogram,
     /// The target's responses by status class.
     pub responses: StatusClasses,
+    /// `mirror_latency_seconds{target}`, registered once: recording is then a few atomics.
+    latency_metric: metrics::Histogram,
     last_log_ms: AtomicU64,
     unlogged_failures: AtomicU64,
 }
@@ -161,14 +163,18 @@ pub struct Telemetry {
     /// Mirror targets, in configured order.
     pub targets: Box<[TargetTelemetry]>,
     prometheus: Option<PrometheusHandle>,
+    /// `proxy_upstream_latency_seconds`, registered once.
+    upstream_latency_metric: metrics::Histogram,
 }
 
 impl Telemetry {
     /// Counters for these targets; with `prometheus`, also installs the process-wide metrics
     /// recorder that `/metrics` renders.
     pub fn new<'a>(targets: impl IntoIterator<Item = &'a str>, prometheus: bool) -> Self {
+        // The recorder first: metric handles register with whichever recorder is installed.
         let prometheus = prometheus.then(install_prometheus).flatten();
         Self {
+            upstream_latency_metric: metrics::histogram!("proxy_upstream_latency_seconds"),
             started: Instant::now(),
             route_labels: std::sync::Mutex::default(),
             primary: PrimaryStats::default(),
@@ -178,6 +184,10 @@ impl Telemetry {
                     url: url.to_owned(),
                     latency: LatencyHistogram::default(),
                     responses: StatusClasses::default(),
+                    latency_metric: metrics::histogram!(
+                        "mirror_latency_seconds",
+                        "target" => url.to_owned()
+                    ),
                     // "Long ago", so the first failure is logged.
                     last_log_ms: AtomicU64::new(0),
                     unlogged_failures: AtomicU64::new(0),
@@ -191,27 +201,27 @@ impl Telemetry {
         self.targets.iter().find(|t| t.url == url)
     }
 
+    // Counters are kept in atomics here and handed to Prometheus at scrape time; histograms
+    // go to pre-registered handles. Nothing on the request path looks a metric up by name.
+
     /// A response to the client.
     pub fn record_primary(&self, status: StatusCode) {
         self.primary.responses.record(status);
-        metrics::counter!("proxy_requests_total", "status_class" => class_label(status))
-            .increment(1);
     }
 
     /// The upstream's response head arrived after `latency`.
     pub fn record_upstream_latency(&self, latency: Duration) {
         self.primary.upstream_latency.record(latency);
-        metrics::histogram!("proxy_upstream_latency_seconds").record(latency.as_secs_f64());
+        self.upstream_latency_metric.record(latency.as_secs_f64());
     }
 
     /// The upstream failed to answer.
     pub fn record_upstream_error(&self, error: UpstreamError) {
-        let (counter, kind) = match error {
-            UpstreamError::Unavailable => (&self.primary.upstream_unavailable, "unavailable"),
-            UpstreamError::Timeout => (&self.primary.upstream_timeouts, "timeout"),
+        let counter = match error {
+            UpstreamError::Unavailable => &self.primary.upstream_unavailable,
+            UpstreamError::Timeout => &self.primary.upstream_timeouts,
         };
         counter.fetch_add(1, Relaxed);
-        metrics::counter!("proxy_upstream_errors_total", "kind" => kind).increment(1);
     }
 
     /// tower-mirror's `on_success`.
@@ -221,14 +231,9 @@ impl Telemetry {
         };
         target.latency.record(response.latency());
         target.responses.record(response.status());
-        metrics::histogram!("mirror_latency_seconds", "target" => url.to_owned())
+        target
+            .latency_metric
             .record(response.latency().as_secs_f64());
-        metrics::counter!(
-            "mirror_responses_total",
-            "target" => url.to_owned(),
-            "status_class" => class_label(response.status())
-        )
-        .increment(1);
     }
 
     /// tower-mirror's `on_error`: one log line per target per second at most, so a dead
@@ -289,6 +294,7 @@ impl Telemetry {
     /// counters brought up to date first.
     pub fn render_prometheus(&self, mirror: Option<&MirrorLayer>) -> Option<String> {
         let handle = self.prometheus.as_ref()?;
+        self.export_counters();
         if let Some(mirror) = mirror {
             export_mirror_counters(mirror);
         }
@@ -345,6 +351,33 @@ impl Telemetry {
     }
 }
 
+impl Telemetry {
+    /// The counters kept here, as Prometheus counters.
+    fn export_counters(&self) {
+        for (class, n) in self.primary.responses.iter() {
+            metrics::counter!("proxy_requests_total", "status_class" => class).absolute(n);
+        }
+        let errors = [
+            ("unavailable", &self.primary.upstream_unavailable),
+            ("timeout", &self.primary.upstream_timeouts),
+        ];
+        for (kind, n) in errors {
+            metrics::counter!("proxy_upstream_errors_total", "kind" => kind)
+                .absolute(n.load(Relaxed));
+        }
+        for target in &self.targets {
+            for (class, n) in target.responses.iter() {
+                metrics::counter!(
+                    "mirror_responses_total",
+                    "target" => target.url.clone(),
+                    "status_class" => class
+                )
+                .absolute(n);
+            }
+        }
+    }
+}
+
 fn install_prometheus() -> Option<PrometheusHandle> {
     let builder = PrometheusBuilder::new()
         .set_buckets(LATENCY_BUCKETS)
@@ -357,10 +390,6 @@ fn install_prometheus() -> Option<PrometheusHandle> {
             None
         }
     }
-}
-
-fn class_label(status: StatusCode) -> &'static str {
-    StatusClasses::LABELS[usize::from(status.as_u16() / 100).clamp(1, 5) - 1]
 }
 
 /// The layer keeps its own counters; Prometheus gets their current values.
