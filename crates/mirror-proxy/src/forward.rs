@@ -255,10 +255,20 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+    // One pass over the (few) headers present, rather than a lookup per hop-by-hop name:
+    // most requests have none to remove.
+    let mut remove: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name))
+        .cloned()
         .collect();
-    for name in named.iter().chain(&HOP_BY_HOP) {
+    if remove.contains(&header::CONNECTION) {
+        remove.extend(
+            connection_tokens(headers)
+                .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok()),
+        );
+    }
+    for name in &remove {
         headers.remove(name);
     }
 }
