@@ -83,8 +83,11 @@ fn overhead(c: &mut Criterion) {
         .build()
         .expect("a runtime");
     let body_64k = Bytes::from(vec![7u8; 64 * 1024]);
-    let scenarios: [(&str, Vec<Target>, bool); 4] = [
+    let scenarios: [(&str, Vec<Target>, bool); 5] = [
         ("a_not_sampled", targets(1, 0), false),
+        // 99 of 100 requests pass the eligibility checks and the sampler and are not taken;
+        // the one taken costs its share of a mirror.
+        ("a2_one_percent_sampled", targets(1, 1), false),
         ("b_get_one_target", targets(1, 100), false),
         ("c_post_64k_teed", targets(1, 100), true),
         ("d_get_four_targets", targets(4, 100), false),

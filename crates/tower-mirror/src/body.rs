@@ -40,7 +40,7 @@ enum State<E> {
     /// Nothing to do but forward.
     Plain,
     /// Async mode: copy data as it passes, send the mirrors at the end.
-    Tee(Tee),
+    Tee(Box<Tee>),
     /// Sync mode: frames read ahead of the inner service.
     Replay(Box<Replay<E>>),
 }
@@ -56,7 +56,7 @@ impl<B: Body> TeeBody<B> {
     pub(crate) fn tee(inner: B, tee: Tee) -> Self {
         Self {
             inner,
-            state: State::Tee(tee),
+            state: State::Tee(Box::new(tee)),
         }
     }
 }

@@ -64,15 +64,24 @@ pub(crate) struct TargetState {
 impl Shared {
     /// Why this request must not be mirrored, if it must not.
     pub(crate) fn ineligible<B>(&self, request: &Request<B>) -> Option<Ineligible> {
-        let headers = request.headers();
-        if self.loop_guard && headers.contains_key(X_MIRRORED_FROM) {
+        // One walk over the few header names present costs less than two hash lookups.
+        let (mut mirrored, mut upgrade) = (false, false);
+        for name in request.headers().keys() {
+            if *name == header::UPGRADE {
+                upgrade = true;
+            } else if *name == X_MIRRORED_FROM {
+                mirrored = true;
+            }
+        }
+        // The loop guard first, so that a mirror of a CONNECT still counts as a mirror.
+        if self.loop_guard && mirrored {
             Some(Ineligible::AlreadyMirrored)
         } else if request.method() == Method::CONNECT {
             Some(Ineligible::Connect)
-        } else if headers.contains_key(header::UPGRADE) {
-            Some(Ineligible::Upgrade)
         } else if !request.uri().path().starts_with('/') {
             Some(Ineligible::UnsupportedUri)
+        } else if upgrade {
+            Some(Ineligible::Upgrade)
         } else {
             None
         }
@@ -269,7 +278,7 @@ async fn mirror_one(
     let shared = &*slot.shared;
     let state = &shared.targets[slot.index];
     let counters = &state.counters;
-    let Some(request) = request::build(&snapshot, &state.compiled, body) else {
+    let Some(request) = request::build(snapshot, &state.compiled, body) else {
         // `ineligible` lets only origin-form paths through, so this is a request target that
         // fits a URI but not with the base's path in front of it.
         if let Some(on_error) = &shared.on_error {
@@ -278,7 +287,6 @@ async fn mirror_one(
         counters.failed.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    drop(snapshot);
 
     let capture = shared
         .capture_response_body

@@ -114,7 +114,11 @@ pub mod fuzzing {
     ) -> Option<Request<MirrorBody>> {
         let compiled = CompiledTarget::compile(target).ok()?;
         let body = MirrorBody::from(bytes::Bytes::from(vec![0u8; body_len]));
-        build(&RequestSnapshot::capture(original), &compiled, body)
+        build(
+            std::sync::Arc::new(RequestSnapshot::capture(original)),
+            &compiled,
+            body,
+        )
     }
 }
 

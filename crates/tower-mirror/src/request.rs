@@ -1,6 +1,8 @@
 //! The mirrored request: what is kept of the original, and how a target's copy is built from it.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::sync::Arc;
+
 use http::{Method, Request, Uri, Version};
 
 use crate::body::MirrorBody;
@@ -9,22 +11,43 @@ use crate::target::CompiledTarget;
 /// The header every mirrored request carries: the original request's host, as received.
 pub const X_MIRRORED_FROM: HeaderName = HeaderName::from_static("x-mirrored-from");
 
-/// What a mirror needs of the original request, taken before the request moves on.
-///
-/// Only reference-counted clones: the method, the URI and the header map.
+/// What a mirror needs of the original request, taken before the request moves on: its
+/// method and URI (reference-counted clones) and the headers every target's copy shares,
+/// filtered once.
 #[derive(Debug)]
 pub(crate) struct RequestSnapshot {
     method: Method,
     uri: Uri,
+    /// The end-to-end headers, in order: hop-by-hop ones and those the mirror sets itself
+    /// already left out.
     headers: HeaderMap,
+    mirrored_from: HeaderValue,
+    had_body_framing: bool,
+    asks_for_trailers: bool,
 }
 
 impl RequestSnapshot {
     pub(crate) fn capture<B>(request: &Request<B>) -> Self {
+        let original = request.headers();
+        let named_by_connection = if original.contains_key(header::CONNECTION) {
+            connection_options(original)
+        } else {
+            Vec::new()
+        };
+        let mut headers = HeaderMap::with_capacity(original.len() + 2);
+        for (name, value) in original {
+            if !(is_reserved(name) || named_by_connection.contains(name)) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
         Self {
             method: request.method().clone(),
+            mirrored_from: original_host(request.uri(), original),
+            had_body_framing: original.contains_key(header::CONTENT_LENGTH)
+                || original.contains_key(header::TRANSFER_ENCODING),
+            asks_for_trailers: asks_for_trailers(original),
             uri: request.uri().clone(),
-            headers: request.headers().clone(),
+            headers,
         }
     }
 }
@@ -75,10 +98,8 @@ fn asks_for_trailers(headers: &HeaderMap) -> bool {
 /// The host the original request was sent to: the request target's authority when it has
 /// one (HTTP/2's `:authority`, or an absolute-form target, which wins over `Host` as RFC 9112
 /// §3.2.2 says), else its `Host` header.
-fn original_host(snapshot: &RequestSnapshot) -> HeaderValue {
-    snapshot
-        .uri
-        .authority()
+fn original_host(uri: &Uri, headers: &HeaderMap) -> HeaderValue {
+    uri.authority()
         // Host and port only: user information in a request target is nobody else's business.
         .map(|a| {
             a.as_str()
@@ -86,7 +107,7 @@ fn original_host(snapshot: &RequestSnapshot) -> HeaderValue {
                 .map_or(a.as_str(), |(_, host)| host)
         })
         .and_then(|host| HeaderValue::from_str(host).ok())
-        .or_else(|| snapshot.headers.get(header::HOST).cloned())
+        .or_else(|| headers.get(header::HOST).cloned())
         // Still mark the request as a mirror, so the loop guard on the target sees it.
         .unwrap_or_else(|| HeaderValue::from_static(""))
 }
@@ -96,26 +117,21 @@ fn original_host(snapshot: &RequestSnapshot) -> HeaderValue {
 ///
 /// `None` when the original request target cannot be joined (see [`Base::join`]).
 pub(crate) fn build(
-    snapshot: &RequestSnapshot,
+    snapshot: Arc<RequestSnapshot>,
     target: &CompiledTarget,
     body: MirrorBody,
 ) -> Option<Request<MirrorBody>> {
     let http2 = target.http2;
     let uri = target.base.join(&snapshot.uri)?;
-    let original = &snapshot.headers;
-    let named_by_connection = if original.contains_key(header::CONNECTION) {
-        connection_options(original)
-    } else {
-        Vec::new()
+    let method = snapshot.method.clone();
+    let mirrored_from = snapshot.mirrored_from.clone();
+    let had_body_framing = snapshot.had_body_framing;
+    let trailers = http2 && snapshot.asks_for_trailers;
+    // The last (often the only) target takes the shared headers without copying them.
+    let mut headers = match Arc::try_unwrap(snapshot) {
+        Ok(owned) => owned.headers,
+        Err(shared) => shared.headers.clone(),
     };
-
-    let mut headers = HeaderMap::with_capacity(original.len() + 2);
-    for (name, value) in original {
-        if is_reserved(name) || named_by_connection.contains(name) {
-            continue;
-        }
-        headers.append(name.clone(), value.clone());
-    }
     for name in target
         .strip_headers
         .iter()
@@ -126,22 +142,20 @@ pub(crate) fn build(
     for (name, value) in &target.set_headers {
         headers.append(name.clone(), value.clone());
     }
-    headers.insert(X_MIRRORED_FROM, original_host(snapshot));
+    headers.insert(X_MIRRORED_FROM, mirrored_from);
     // Say how long the body is whenever the original framed one, or there is one to send:
     // a POST whose body is not copied becomes `Content-Length: 0`, a plain GET gets none.
-    let had_body_framing = original.contains_key(header::CONTENT_LENGTH)
-        || original.contains_key(header::TRANSFER_ENCODING);
     if had_body_framing || !body.is_empty() {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
     // On HTTP/2 the one value TE may carry, `trailers`, says the client understands trailers;
     // gRPC servers expect it.
-    if http2 && asks_for_trailers(original) {
+    if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 
     let mut request = Request::new(body);
-    *request.method_mut() = snapshot.method.clone();
+    *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = if http2 {
         Version::HTTP_2
@@ -164,8 +178,8 @@ mod tests {
     }
 
     fn mirror_to(request: Request<()>, target: Target, body: MirrorBody) -> Request<MirrorBody> {
-        let snapshot = RequestSnapshot::capture(&request);
-        build(&snapshot, &CompiledTarget::compile(&target).unwrap(), body).unwrap()
+        let snapshot = Arc::new(RequestSnapshot::capture(&request));
+        build(snapshot, &CompiledTarget::compile(&target).unwrap(), body).unwrap()
     }
 
     #[test]
