@@ -90,6 +90,10 @@ pub struct RunArgs {
     /// The longest wait for the upstream's response head before answering 504 [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub upstream_timeout: Option<Duration>,
+    /// Worker threads, each with its own event loop, connections and pools [default: one per
+    /// CPU].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
     /// Serve /metrics (Prometheus), /stats (JSON) and /healthz on this address; off unless
     /// given. Bind it to loopback: it is not authenticated.
     #[arg(long, value_name = "ADDR")]
@@ -156,6 +160,7 @@ struct FileConfig {
     max_buffered: Option<HumanSize>,
     max_in_flight: Option<usize>,
     upstream_timeout: Option<HumanDuration>,
+    workers: Option<usize>,
     admin: Option<SocketAddr>,
     drain_timeout: Option<HumanDuration>,
     log_format: Option<LogFormat>,
@@ -284,6 +289,8 @@ impl Upstream {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Worker threads, each serving its share of connections on its own event loop.
+    pub workers: usize,
     pub upstream: Upstream,
     pub upstream_timeout: Duration,
     /// The mirroring options (targets included); `targets` is empty for a plain proxy.
@@ -415,8 +422,13 @@ impl Config {
                 .unwrap_or(defaults.max_in_flight),
             diff: diff_options(file.diff.unwrap_or_default()),
         };
+        let workers = args
+            .workers
+            .or(file.workers)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
         let config = Self {
             listen,
+            workers,
             upstream,
             upstream_timeout: args
                 .upstream_timeout
@@ -441,6 +453,9 @@ impl Config {
     fn validate(&self, targets_from: &str) -> Result<(), ConfigError> {
         if self.upstream_timeout.is_zero() {
             return Err(error("--upstream-timeout must be greater than zero"));
+        }
+        if self.workers == 0 || self.workers > 1024 {
+            return Err(error(format!("--workers {}: use 1 to 1024", self.workers)));
         }
         if !self.mirror.targets.is_empty() {
             // The layer's own checks name the target or option at fault.

@@ -1,10 +1,19 @@
-//! The proxy as a whole: listeners bound, the mirror layer built, connections served, and a
-//! graceful shutdown that reports what it had to abandon.
+//! The proxy as a whole: listeners bound, the mirror layer built, connections served by one
+//! event loop per worker thread, and a graceful shutdown that reports what it abandoned.
+//!
+//! Each worker runs a single-threaded Tokio runtime with its own listener (`SO_REUSEPORT`
+//! shares the address), its own upstream client and its own mirror connections, so a request,
+//! its upstream exchange and its mirrors stay on one thread: no cross-thread wake-ups, which
+//! cost as much CPU as the proxying itself under load. The mirror layer (sampling, limits,
+//! counters) is one, shared by every worker.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -15,7 +24,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tower::{Layer, Service};
-use tower_mirror::{DrainReport, HttpSender, MirrorLayer, Options, TeeBody};
+use tower_mirror::{
+    DrainReport, HttpSender, MirrorBody, MirrorLayer, Options, SendFuture, Sender, TeeBody,
+};
 
 use crate::config::{Config, ConfigError};
 use crate::forward::{Forward, ForwardShared};
@@ -24,7 +35,8 @@ use crate::telemetry::Telemetry;
 /// A proxy with its listeners bound, ready to serve.
 pub struct Proxy {
     config: Config,
-    listener: TcpListener,
+    /// One per worker, all on the same address.
+    listeners: Vec<std::net::TcpListener>,
     admin: Option<TcpListener>,
     mirror: Option<MirrorLayer>,
     telemetry: Arc<Telemetry>,
@@ -43,9 +55,13 @@ impl Proxy {
     /// Binds the listeners and builds the mirror layer. An address in use is a configuration
     /// error naming the flag.
     pub async fn bind(config: Config) -> Result<Self, ConfigError> {
-        let listener = bind(config.listen, "--listen").await?;
+        let listeners = bind_workers(config.listen, config.workers)?;
         let admin = match config.admin {
-            Some(addr) => Some(bind(addr, "--admin").await?),
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| ConfigError(format!("--admin {addr}: cannot listen: {e}")))?,
+            ),
             None => None,
         };
         let telemetry = Arc::new(Telemetry::new(
@@ -55,37 +71,11 @@ impl Proxy {
         let mirror = if config.mirror.targets.is_empty() {
             None
         } else {
-            let (on_success, on_error) = (Arc::clone(&telemetry), Arc::clone(&telemetry));
-            let on_comparison = Arc::clone(&telemetry);
-            let mut diff = config.mirror.diff.clone();
-            diff.on_comparison = Some(Arc::new(move |comparison: &_| {
-                on_comparison.compared(comparison)
-            }));
-            let options = Options {
-                on_success: Some(Arc::new(move |target: &str, response: &_| {
-                    on_success.mirror_succeeded(target, response)
-                })),
-                on_error: Some(Arc::new(move |target: &str, error: &_| {
-                    on_error.mirror_failed(target, error)
-                })),
-                sender: Some(Arc::new(if config.danger_accept_invalid_certs {
-                    tracing::warn!(
-                        "--danger-accept-invalid-certs is on: certificates of https mirror \
-                         targets are NOT verified, so mirrored traffic can be read and altered \
-                         in transit"
-                    );
-                    HttpSender::dangerous_accept_invalid_certificates()
-                } else {
-                    HttpSender::with_root_certificates(config.tls_roots.clone())
-                })),
-                diff,
-                ..config.mirror.options()
-            };
-            Some(MirrorLayer::with_options(options).map_err(|e| ConfigError(e.to_string()))?)
+            Some(mirror_layer(&config, &telemetry)?)
         };
         Ok(Self {
             config,
-            listener,
+            listeners,
             admin,
             mirror,
             telemetry,
@@ -94,7 +84,7 @@ impl Proxy {
 
     /// Where clients connect.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
+        self.listeners[0]
             .local_addr()
             .expect("a bound listener has an address")
     }
@@ -117,9 +107,10 @@ impl Proxy {
     }
 
     /// Serves until `shutdown` resolves; then stops accepting, lets in-flight requests finish
-    /// and mirrors drain (each for at most the drain timeout), and reports what was left.
+    /// and mirrors drain (within one drain timeout in all), and reports what was left.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> ShutdownReport {
         let (stop, stopped) = watch::channel(false);
+        let (exit, exiting) = watch::channel(false);
         if let Some(admin) = self.admin {
             let router = crate::admin::router(Arc::clone(&self.telemetry), self.mirror.clone());
             let mut stopped = stopped.clone();
@@ -132,45 +123,64 @@ impl Proxy {
             });
         }
 
-        let drain_timeout = self.config.drain_timeout;
-        let timeout = self.config.upstream_timeout;
-        let upstream = self.config.upstream.clone();
-        let roots = self.config.tls_roots.clone();
-        // Requests, then mirrors, share one drain timeout from the moment shutdown begins.
-        let (connections_abandoned, deadline) = match &self.mirror {
-            Some(mirror) => {
-                let shared: Arc<ForwardShared<TeeBody<Incoming>>> =
-                    ForwardShared::new(upstream, timeout, roots, Arc::clone(&self.telemetry));
-                let mirror = mirror.clone();
-                accept(
-                    self.listener,
-                    stopped,
-                    shutdown,
-                    drain_timeout,
-                    move |addr| mirror.layer(Forward::new(Arc::clone(&shared), addr)),
-                )
-                .await
-            }
-            None => {
-                let shared: Arc<ForwardShared<Incoming>> =
-                    ForwardShared::new(upstream, timeout, roots, Arc::clone(&self.telemetry));
-                accept(
-                    self.listener,
-                    stopped,
-                    shutdown,
-                    drain_timeout,
-                    move |addr| Forward::new(Arc::clone(&shared), addr),
-                )
-                .await
-            }
+        // Every connection task holds a sender; when all are gone, every connection closed.
+        let (open, mut all_closed) = mpsc::channel::<()>(1);
+        let signals = Signals {
+            stopped,
+            exiting,
+            open,
         };
-        let _ = stop.send(true);
+        let upstream = self.config.upstream.clone();
+        let timeout = self.config.upstream_timeout;
+        let roots = self.config.tls_roots.clone();
+        let telemetry = Arc::clone(&self.telemetry);
+        let workers = match &self.mirror {
+            Some(mirror) => {
+                let mirror = mirror.clone();
+                spawn_workers(self.listeners, signals, move || {
+                    let shared: Arc<ForwardShared<TeeBody<Incoming>>> = ForwardShared::new(
+                        upstream.clone(),
+                        timeout,
+                        roots.clone(),
+                        Arc::clone(&telemetry),
+                    );
+                    let mirror = mirror.clone();
+                    move |addr| mirror.layer(Forward::new(Arc::clone(&shared), addr))
+                })
+            }
+            None => spawn_workers(self.listeners, signals, move || {
+                let shared: Arc<ForwardShared<Incoming>> = ForwardShared::new(
+                    upstream.clone(),
+                    timeout,
+                    roots.clone(),
+                    Arc::clone(&telemetry),
+                );
+                move |addr| Forward::new(Arc::clone(&shared), addr)
+            }),
+        };
 
+        shutdown.await;
+        // Requests, then mirrors, share one drain timeout from the moment shutdown begins.
+        let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
+        let _ = stop.send(true);
+        let connections_abandoned = match tokio::time::timeout_at(deadline, all_closed.recv()).await
+        {
+            Ok(_) => 0,
+            Err(_) => all_closed.sender_strong_count(),
+        };
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let mirrors = match &self.mirror {
+            // The workers keep running their mirror tasks until told to exit.
             Some(mirror) => Some(mirror.drain(left).await),
             None => None,
         };
+        let _ = exit.send(true);
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        })
+        .await;
         ShutdownReport {
             connections_abandoned,
             mirrors,
@@ -178,43 +188,196 @@ impl Proxy {
     }
 }
 
-async fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener, ConfigError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| ConfigError(format!("{flag} {addr}: cannot listen: {e}")))
+/// The mirror layer, its callbacks feeding `telemetry`, its mirrors sent through a connection
+/// pool per worker.
+fn mirror_layer(config: &Config, telemetry: &Arc<Telemetry>) -> Result<MirrorLayer, ConfigError> {
+    let (on_success, on_error) = (Arc::clone(telemetry), Arc::clone(telemetry));
+    let on_comparison = Arc::clone(telemetry);
+    let mut diff = config.mirror.diff.clone();
+    diff.on_comparison = Some(Arc::new(move |comparison: &_| {
+        on_comparison.compared(comparison)
+    }));
+    let danger = config.danger_accept_invalid_certs;
+    if danger {
+        tracing::warn!(
+            "--danger-accept-invalid-certs is on: certificates of https mirror targets are \
+             NOT verified, so mirrored traffic can be read and altered in transit"
+        );
+    }
+    let roots = config.tls_roots.clone();
+    let sender = PerWorkerSender::new(move || {
+        if danger {
+            HttpSender::dangerous_accept_invalid_certificates()
+        } else {
+            HttpSender::with_root_certificates(roots.clone())
+        }
+    });
+    let options = Options {
+        on_success: Some(Arc::new(move |target: &str, response: &_| {
+            on_success.mirror_succeeded(target, response)
+        })),
+        on_error: Some(Arc::new(move |target: &str, error: &_| {
+            on_error.mirror_failed(target, error)
+        })),
+        diff,
+        sender: Some(Arc::new(sender)),
+        ..config.mirror.options()
+    };
+    MirrorLayer::with_options(options).map_err(|e| ConfigError(e.to_string()))
 }
 
-/// Accepts connections until `shutdown`, serving each with the service `make` builds for its
-/// client address; then asks every connection to close after its in-flight requests, and
-/// waits for them up to `drain_timeout`. Returns how many connections were still open then,
-/// and when the drain timeout ends.
-async fn accept<S, M, B>(
-    listener: TcpListener,
-    mut stopped: watch::Receiver<bool>,
-    shutdown: impl Future<Output = ()> + Send,
-    drain_timeout: Duration,
-    make: M,
-) -> (usize, tokio::time::Instant)
+/// Sends each mirror through an `HttpSender` of the worker thread it runs on: a mirror task
+/// runs on the worker that took its request, and so do its connection's tasks.
+struct PerWorkerSender {
+    id: usize,
+    make: Box<dyn Fn() -> HttpSender + Send + Sync>,
+}
+
+impl PerWorkerSender {
+    fn new(make: impl Fn() -> HttpSender + Send + Sync + 'static) -> Self {
+        static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            make: Box::new(make),
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's senders, by the `PerWorkerSender` they belong to.
+    static SENDERS: RefCell<HashMap<usize, HttpSender>> = RefCell::new(HashMap::new());
+}
+
+impl Sender for PerWorkerSender {
+    fn send(&self, request: Request<MirrorBody>) -> SendFuture {
+        SENDERS.with(|senders| {
+            let mut senders = senders.borrow_mut();
+            senders
+                .entry(self.id)
+                .or_insert_with(|| (self.make)())
+                .send(request)
+        })
+    }
+}
+
+/// Binds `workers` listeners to `addr`, sharing it with `SO_REUSEPORT` (the first decides the
+/// port when `addr`'s is 0).
+fn bind_workers(
+    addr: SocketAddr,
+    workers: usize,
+) -> Result<Vec<std::net::TcpListener>, ConfigError> {
+    let error = |e: std::io::Error| ConfigError(format!("--listen {addr}: cannot listen: {e}"));
+    let first = reuseport_listener(addr).map_err(error)?;
+    let shared = first.local_addr().map_err(error)?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(reuseport_listener(shared).map_err(error)?);
+    }
+    Ok(listeners)
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// What the workers hear from the main thread, and tell it.
+#[derive(Clone)]
+struct Signals {
+    /// Stop accepting; close connections once their requests are done.
+    stopped: watch::Receiver<bool>,
+    /// Leave: the mirrors have drained (or the drain timeout has passed).
+    exiting: watch::Receiver<bool>,
+    /// Held by every accept loop and connection.
+    open: mpsc::Sender<()>,
+}
+
+/// Starts one thread per listener, each running `build`'s service maker on its own runtime.
+fn spawn_workers<B, M, S, ResBody>(
+    listeners: Vec<std::net::TcpListener>,
+    signals: Signals,
+    build: B,
+) -> Vec<std::thread::JoinHandle<()>>
 where
-    M: Fn(SocketAddr) -> S,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+    B: Fn() -> M + Send + Sync + 'static,
+    M: Fn(SocketAddr) -> S + 'static,
+    S: Service<Request<Incoming>, Response = Response<ResBody>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let build = Arc::new(build);
+    listeners
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, listener)| {
+            let (build, signals) = (Arc::clone(&build), signals.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("mirror-proxy-worker-{index}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(error) => {
+                            tracing::error!(%error, "worker {index} could not start its runtime");
+                            return;
+                        }
+                    };
+                    runtime.block_on(worker(listener, signals, build()));
+                });
+            match spawned {
+                Ok(handle) => Some(handle),
+                Err(error) => {
+                    tracing::error!(%error, "worker {index} could not start");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// One worker: accepts until told to stop, asks its connections to close once their
+/// requests are done, and keeps running (for the mirrors' sake) until told to exit.
+async fn worker<M, S, ResBody>(listener: std::net::TcpListener, signals: Signals, make: M)
+where
+    M: Fn(SocketAddr) -> S,
+    S: Service<Request<Incoming>, Response = Response<ResBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Signals {
+        mut stopped,
+        mut exiting,
+        open,
+    } = signals;
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "worker could not use its listener");
+            return;
+        }
+    };
     let builder = auto::Builder::new(TokioExecutor::new());
-    // Each connection task holds a sender; when all are gone, every connection has closed.
-    let (open, mut all_closed) = mpsc::channel::<()>(1);
-    let (close, closing) = watch::channel(false);
-    let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = &mut shutdown => break,
-            _ = stopped.changed() => break,
+            _ = stopped.wait_for(|s| *s) => break,
         };
         let (stream, client_addr) = match accepted {
             Ok(accepted) => accepted,
@@ -228,7 +391,7 @@ where
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(make(client_addr));
         let builder = builder.clone();
-        let (open, mut closing) = (open.clone(), closing.clone());
+        let (open, mut closing) = (open.clone(), stopped.clone());
         tokio::spawn(async move {
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
@@ -243,12 +406,6 @@ where
         });
     }
     drop(listener);
-    let deadline = tokio::time::Instant::now() + drain_timeout;
-    let _ = close.send(true);
     drop(open);
-    let abandoned = match tokio::time::timeout_at(deadline, all_closed.recv()).await {
-        Ok(_) => 0,
-        Err(_) => all_closed.sender_strong_count(),
-    };
-    (abandoned, deadline)
+    let _ = exiting.wait_for(|e| *e).await;
 }
