@@ -362,9 +362,16 @@ start_proxy() {
   case $proxy in
     mirror-proxy)
       local args=(--listen "127.0.0.1:$LISTEN_PORT" --upstream "http://127.0.0.1:$UPSTREAM_PORT_OF_RUN"
-        --admin "127.0.0.1:$ADMIN_PORT" --drain-timeout 1s)
-      [ "$mirror" = 1 ] && args+=(--mirror "http://127.0.0.1:$shadow_port")
-      [ -n "$extra" ] && args+=(--max-in-flight "$extra")
+        --admin "127.0.0.1:$ADMIN_PORT" --drain-timeout 1s --workers "$WORKERS")
+      if [ "$extra" = h2c ]; then
+        # The shadow over HTTP/2 with prior knowledge: one connection carries many mirrors.
+        printf '[[mirror]]\nurl = "http://127.0.0.1:%s"\nhttp2 = true\n' "$shadow_port" \
+          >"$RUN_DIR/mirror-h2c.toml"
+        args+=(--config "$RUN_DIR/mirror-h2c.toml")
+      else
+        [ "$mirror" = 1 ] && args+=(--mirror "http://127.0.0.1:$shadow_port")
+        [ -n "$extra" ] && args+=(--max-in-flight "$extra")
+      fi
       echo "$MIRROR_PROXY ${args[*]}" >"$RUN_DIR/proxy.cmd"
       start proxy "$MIRROR_PROXY" "${args[@]}"
       ;;
@@ -428,7 +435,11 @@ measure() {
   local label=$proxy url dir body_env=() upstream=upstream
   RUN_NO=$((RUN_NO + 1))
   SHADOW_PORT_OF_RUN=$((PORT_BASE + 200 + RUN_NO))
-  [ -n "$extra" ] && label="$proxy (--max-in-flight $extra)"
+  if [ "$extra" = h2c ]; then
+    label="$proxy (shadow over h2c)"
+  elif [ -n "$extra" ]; then
+    label="$proxy (--max-in-flight $extra)"
+  fi
   dir=$RAW/$(printf '%02d' "$RUN_NO")-$scenario-${label//[^a-zA-Z0-9-]/_}
   mkdir -p "$dir"
   {
@@ -545,6 +556,9 @@ measure get-none direct none GET
 for shadow in none fast slow hole; do
   for proxy in $PROXIES; do
     measure "get-$shadow" "$proxy" "$shadow" GET
+    if [ "$proxy" = mirror-proxy ] && [ "$shadow" = fast ]; then
+      measure "get-$shadow" mirror-proxy "$shadow" GET h2c
+    fi
     if [ "$proxy" = mirror-proxy ] && [ "$MP_GENEROUS_IN_FLIGHT" != 0 ] &&
       { [ "$shadow" = slow ] || [ "$shadow" = hole ]; }; then
       measure "get-$shadow" mirror-proxy "$shadow" GET "$MP_GENEROUS_IN_FLIGHT"
