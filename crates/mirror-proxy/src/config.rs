@@ -80,7 +80,7 @@ pub struct RunArgs {
     /// [default: 4MiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_body: Option<usize>,
-    /// Body bytes held, in all, for mirrors not yet finished [default: 32MiB].
+    /// Body bytes held, in all, for mirrors not yet finished [default: 64MiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_buffered: Option<usize>,
     /// Mirrors in flight per target; beyond it new mirrors are dropped and counted

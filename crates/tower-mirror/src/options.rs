@@ -71,7 +71,9 @@ pub struct Options {
     pub max_body_bytes: usize,
     /// The budget of body bytes held, over all requests and targets, for mirrors not yet
     /// finished. A body that would exceed it is not mirrored (counted as
-    /// `skipped.budget_exhausted`). Default 32 MiB.
+    /// `skipped.budget_exhausted`). Default 64 MiB. Each request's copy is held from the first
+    /// byte the inner service reads until its mirrors have written it out, so size this for
+    /// the uploads in flight at once: 64 concurrent 1 MiB uploads need about twice as much.
     pub max_buffered_bytes: usize,
     /// The most mirrors in flight to one target. Beyond it, new mirrors to that target are
     /// dropped and counted (`dropped_overload`), never queued. Default 256.
@@ -100,8 +102,8 @@ impl Options {
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
     /// The default largest mirrored body: 4 MiB.
     pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
-    /// The default budget of body bytes held for unfinished mirrors: 32 MiB.
-    pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 32 << 20;
+    /// The default budget of body bytes held for unfinished mirrors: 64 MiB.
+    pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 << 20;
     /// The default most mirrors in flight per target: 256.
     pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 }
