@@ -309,6 +309,64 @@ url = "{b}"
     assert_eq!(started["fields"]["upstream"], upstream.url.as_str());
 }
 
+/// 3a. Per-target header rules from the config file: the target with `strip_headers` and
+/// `set_headers` gets the request without the stripped headers and with the set ones; the
+/// other target and the upstream get the client's headers unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_sets_per_target_header_rules() {
+    let upstream = Server::upstream().await;
+    let staging = Server::shadow().await;
+    let analytics = Server::shadow().await;
+    let dir = TempDir::new();
+    let config = dir.file(
+        "proxy.toml",
+        &format!(
+            r#"
+listen = "127.0.0.1:0"
+upstream = "{upstream}"
+
+[[mirror]]
+url = "{staging}"
+strip_headers = ["Authorization", "cookie"]
+set_headers = {{ "X-Shadow" = "1", "authorization" = "Bearer staging-token" }}
+
+[[mirror]]
+url = "{analytics}"
+"#,
+            upstream = upstream.url,
+            staging = staging.url,
+            analytics = analytics.url,
+        ),
+    );
+    let proxy = Proxy::spawn(&["--config", config.to_str().unwrap()], false).await;
+
+    let request = Request::get(proxy.url("/account?id=7"))
+        .header(header::AUTHORIZATION, "Bearer user-secret")
+        .header(header::COOKIE, "session=abc")
+        .header("x-request-id", "r-1")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(&client(), request).await.status(), StatusCode::OK);
+
+    let primary = upstream.only("/account?id=7");
+    assert_eq!(primary.header("authorization"), "Bearer user-secret");
+    assert_eq!(primary.header("cookie"), "session=abc");
+    assert!(primary.headers.get("x-shadow").is_none());
+
+    let staged = &staging.wait_for(1).await[0];
+    assert_eq!(staged.uri.to_string(), "/account?id=7");
+    // Stripped, then set: the staging credentials replace the user's.
+    assert_eq!(staged.header_all("authorization"), ["Bearer staging-token"]);
+    assert!(staged.headers.get(header::COOKIE).is_none());
+    assert_eq!(staged.header("x-shadow"), "1");
+    assert_eq!(staged.header("x-request-id"), "r-1");
+
+    let copied = &analytics.wait_for(1).await[0];
+    assert_eq!(copied.header("authorization"), "Bearer user-secret");
+    assert_eq!(copied.header("cookie"), "session=abc");
+    assert!(copied.headers.get("x-shadow").is_none());
+}
+
 /// 3b. Flags override the file: `--listen` its address, `--mirror` its targets, `--timeout`
 /// its timeout; what no flag names is still taken from the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
