@@ -245,4 +245,59 @@ mod tests {
         );
         assert_eq!(summary(&found), ["Body  Changed"]);
     }
+
+    /// A document of a few thousand nested items, just under the default cap: the three
+    /// planted differences are found, with their pointers, and nothing else; the ignored
+    /// timestamp of every item is not reported.
+    #[test]
+    fn large_documents_within_the_cap() {
+        let document = |variant: bool| {
+            let items: Vec<serde_json::Value> = (0..2_000)
+                .map(|i| {
+                    let mut item = serde_json::json!({
+                        "id": i,
+                        "name": format!("item {i}"),
+                        "price_cents": i * 10,
+                        "tags": ["a", "b", {"depth": [i, i + 1]}],
+                        "updated_at": if variant { i + 1 } else { i },
+                    });
+                    if variant && i == 1_234 {
+                        item["price_cents"] = serde_json::json!(1);
+                    }
+                    if variant && i == 77 {
+                        item["tags"][2]["depth"][1] = serde_json::json!("78");
+                    }
+                    item
+                })
+                .collect();
+            let mut root = serde_json::json!({ "items": items, "total": 2_000 });
+            if variant {
+                root["items"].as_array_mut().unwrap().pop();
+            }
+            serde_json::to_string(&root).unwrap()
+        };
+        let (primary, shadow) = (document(false), document(true));
+        let cap = super::super::DiffOptions::default().max_body_bytes;
+        assert!(
+            primary.len() > 100 << 10 && primary.len() < cap,
+            "{}",
+            primary.len()
+        );
+        let (found, compared) = compare(
+            &response(200, &[], &primary),
+            &response(200, &[], &shadow),
+            &rules(&[], &["/items/*/updated_at"]),
+        );
+        assert!(compared);
+        assert_eq!(
+            summary(&found),
+            [
+                "Body /items/77/tags/2/depth/1 TypeChanged",
+                "Body /items/1234/price_cents Changed",
+                "Body /items/1999 Removed",
+            ]
+        );
+        assert_eq!(found[1].primary.as_deref(), Some("12340"));
+        assert_eq!(found[1].shadow.as_deref(), Some("1"));
+    }
 }
