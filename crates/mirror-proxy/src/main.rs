@@ -75,6 +75,13 @@ async fn run(cli: Cli) -> ExitCode {
     );
 
     let report = proxy.serve(mirror_proxy::shutdown_signal()).await;
+    if report.workers_failed > 0 {
+        tracing::error!(
+            workers = report.workers_failed,
+            "stopped: workers failed to start or panicked"
+        );
+        return ExitCode::FAILURE;
+    }
     let abandoned = report.mirrors.as_ref().map_or(0, |m| m.abandoned());
     if report.connections_abandoned > 0 || abandoned > 0 {
         tracing::warn!(

@@ -35,8 +35,9 @@ use crate::telemetry::Telemetry;
 /// A proxy with its listeners bound, ready to serve.
 pub struct Proxy {
     config: Config,
-    /// One per worker, all on the same address.
-    listeners: Vec<std::net::TcpListener>,
+    /// One per worker: its runtime, and its listener (all on the same address) registered
+    /// with that runtime, so that everything fallible is done before serving.
+    workers: Vec<(WorkerRuntime, TcpListener)>,
     admin: Option<TcpListener>,
     mirror: Option<MirrorLayer>,
     telemetry: Arc<Telemetry>,
@@ -49,13 +50,16 @@ pub struct ShutdownReport {
     pub connections_abandoned: usize,
     /// Mirrors still in flight when the drain timeout ran out, per target.
     pub mirrors: Option<DrainReport>,
+    /// Workers that could not be started or that panicked; a failed start also ends the
+    /// serving at once, since the port would refuse part of its connections.
+    pub workers_failed: usize,
 }
 
 impl Proxy {
     /// Binds the listeners and builds the mirror layer. An address in use is a configuration
     /// error naming the flag.
     pub async fn bind(config: Config) -> Result<Self, ConfigError> {
-        let listeners = bind_workers(config.listen, config.workers)?;
+        let workers = bind_workers(config.listen, config.workers)?;
         let admin = match config.admin {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -75,7 +79,7 @@ impl Proxy {
         };
         Ok(Self {
             config,
-            listeners,
+            workers,
             admin,
             mirror,
             telemetry,
@@ -84,7 +88,8 @@ impl Proxy {
 
     /// Where clients connect.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listeners[0]
+        self.workers[0]
+            .1
             .local_addr()
             .expect("a bound listener has an address")
     }
@@ -137,7 +142,7 @@ impl Proxy {
         let workers = match &self.mirror {
             Some(mirror) => {
                 let mirror = mirror.clone();
-                spawn_workers(self.listeners, signals, move || {
+                spawn_workers(self.workers, signals, move || {
                     let shared: Arc<ForwardShared<TeeBody<Incoming>>> = ForwardShared::new(
                         upstream.clone(),
                         timeout,
@@ -148,7 +153,7 @@ impl Proxy {
                     move |addr| mirror.layer(Forward::new(Arc::clone(&shared), addr))
                 })
             }
-            None => spawn_workers(self.listeners, signals, move || {
+            None => spawn_workers(self.workers, signals, move || {
                 let shared: Arc<ForwardShared<Incoming>> = ForwardShared::new(
                     upstream.clone(),
                     timeout,
@@ -159,7 +164,13 @@ impl Proxy {
             }),
         };
 
-        shutdown.await;
+        let started = workers.iter().filter(|w| w.is_some()).count();
+        let mut workers_failed = workers.len() - started;
+        if workers_failed == 0 {
+            shutdown.await;
+        } else {
+            tracing::error!(workers_failed, "stopping: not every worker could start");
+        }
         // Requests, then mirrors, share one drain timeout from the moment shutdown begins.
         let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
         let _ = stop.send(true);
@@ -175,15 +186,21 @@ impl Proxy {
             None => None,
         };
         let _ = exit.send(true);
-        let _ = tokio::task::spawn_blocking(move || {
-            for worker in workers {
-                let _ = worker.join();
-            }
+        let panicked = tokio::task::spawn_blocking(move || {
+            workers
+                .into_iter()
+                .flatten()
+                .map(std::thread::JoinHandle::join)
+                .filter(Result::is_err)
+                .count()
         })
-        .await;
+        .await
+        .unwrap_or(0);
+        workers_failed += panicked;
         ShutdownReport {
             connections_abandoned,
             mirrors,
+            workers_failed,
         }
     }
 }
@@ -260,20 +277,54 @@ impl Sender for PerWorkerSender {
     }
 }
 
-/// Binds `workers` listeners to `addr`, sharing it with `SO_REUSEPORT` (the first decides the
-/// port when `addr`'s is 0).
+/// Builds `workers` runtimes, each with a listener on `addr` registered with it, the
+/// listeners sharing the address with `SO_REUSEPORT`.
+///
+/// A plain bind comes first: it fails when anyone else listens there, even another process
+/// that also sets `SO_REUSEPORT` (which would otherwise silently share our port), and it
+/// decides the port when `addr`'s is 0.
 fn bind_workers(
     addr: SocketAddr,
     workers: usize,
-) -> Result<Vec<std::net::TcpListener>, ConfigError> {
+) -> Result<Vec<(WorkerRuntime, TcpListener)>, ConfigError> {
     let error = |e: std::io::Error| ConfigError(format!("--listen {addr}: cannot listen: {e}"));
-    let first = reuseport_listener(addr).map_err(error)?;
-    let shared = first.local_addr().map_err(error)?;
-    let mut listeners = vec![first];
-    for _ in 1..workers {
-        listeners.push(reuseport_listener(shared).map_err(error)?);
+    let shared = {
+        let probe = std::net::TcpListener::bind(addr).map_err(error)?;
+        probe.local_addr().map_err(error)?
+    };
+    (0..workers)
+        .map(|_| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|runtime| WorkerRuntime(Some(runtime)))
+                .map_err(|e| ConfigError(format!("--workers: cannot start a worker: {e}")))?;
+            let listener = reuseport_listener(shared).map_err(error)?;
+            let listener = {
+                let _context = runtime.get().enter();
+                TcpListener::from_std(listener).map_err(error)?
+            };
+            Ok((runtime, listener))
+        })
+        .collect()
+}
+
+/// A worker's runtime. It may be dropped on an async thread (a failed bind or thread spawn),
+/// where dropping a runtime normally panics, so it is shut down in the background instead.
+struct WorkerRuntime(Option<tokio::runtime::Runtime>);
+
+impl WorkerRuntime {
+    fn get(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("taken only when dropped")
     }
-    Ok(listeners)
+}
+
+impl Drop for WorkerRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -299,12 +350,13 @@ struct Signals {
     open: mpsc::Sender<()>,
 }
 
-/// Starts one thread per listener, each running `build`'s service maker on its own runtime.
+/// Starts one thread per worker, each running `build`'s service maker on its own runtime;
+/// `None` for a thread that could not be started.
 fn spawn_workers<B, M, S, ResBody>(
-    listeners: Vec<std::net::TcpListener>,
+    workers: Vec<(WorkerRuntime, TcpListener)>,
     signals: Signals,
     build: B,
-) -> Vec<std::thread::JoinHandle<()>>
+) -> Vec<Option<std::thread::JoinHandle<()>>>
 where
     B: Fn() -> M + Send + Sync + 'static,
     M: Fn(SocketAddr) -> S + 'static,
@@ -317,40 +369,23 @@ where
     ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let build = Arc::new(build);
-    listeners
+    workers
         .into_iter()
         .enumerate()
-        .filter_map(|(index, listener)| {
+        .map(|(index, (runtime, listener))| {
             let (build, signals) = (Arc::clone(&build), signals.clone());
-            let spawned = std::thread::Builder::new()
+            std::thread::Builder::new()
                 .name(format!("mirror-proxy-worker-{index}"))
-                .spawn(move || {
-                    let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(runtime) => runtime,
-                        Err(error) => {
-                            tracing::error!(%error, "worker {index} could not start its runtime");
-                            return;
-                        }
-                    };
-                    runtime.block_on(worker(listener, signals, build()));
-                });
-            match spawned {
-                Ok(handle) => Some(handle),
-                Err(error) => {
-                    tracing::error!(%error, "worker {index} could not start");
-                    None
-                }
-            }
+                .spawn(move || runtime.get().block_on(worker(listener, signals, build())))
+                .inspect_err(|error| tracing::error!(%error, "worker {index} could not start"))
+                .ok()
         })
         .collect()
 }
 
 /// One worker: accepts until told to stop, asks its connections to close once their
 /// requests are done, and keeps running (for the mirrors' sake) until told to exit.
-async fn worker<M, S, ResBody>(listener: std::net::TcpListener, signals: Signals, make: M)
+async fn worker<M, S, ResBody>(listener: TcpListener, signals: Signals, make: M)
 where
     M: Fn(SocketAddr) -> S,
     S: Service<Request<Incoming>, Response = Response<ResBody>, Error = Infallible>
@@ -366,13 +401,6 @@ where
         mut exiting,
         open,
     } = signals;
-    let listener = match TcpListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::error!(%error, "worker could not use its listener");
-            return;
-        }
-    };
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let accepted = tokio::select! {

@@ -560,6 +560,39 @@ async fn configuration_errors_exit_2_with_one_line() {
     }
 }
 
+/// 4a. A second proxy on a running proxy's port is refused, although both listen with
+/// `SO_REUSEPORT` (several workers): it exits 2 naming `--listen`, and every request still
+/// reaches the first proxy's upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_proxy_cannot_share_the_port() {
+    let upstream = Server::upstream().await;
+    let first = Proxy::start(&["--upstream", &upstream.url, "--workers", "2"]).await;
+    let addr = first.addr.to_string();
+    let (status, stdout, stderr) = run_to_exit(&[
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--listen",
+        &addr,
+        "--workers",
+        "2",
+    ])
+    .await;
+    assert_eq!(status.code(), Some(2), "stderr: {stderr}");
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.starts_with("mirror-proxy: ") && stderr.contains("--listen"),
+        "{stderr}"
+    );
+    let client = client();
+    for i in 0..20 {
+        let request = Request::get(first.url(&format!("/after/{i}")))
+            .body(Full::default())
+            .unwrap();
+        assert_eq!(send(&client, request).await.status(), StatusCode::OK);
+    }
+    assert_eq!(upstream.count(), 20);
+}
+
 /// 4b. `--help` exits 0 and documents every flag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_lists_every_flag() {
