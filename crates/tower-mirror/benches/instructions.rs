@@ -1,6 +1,7 @@
 //! Instructions per request, counted by valgrind rather than timed: repeatable to the
 //! instruction whatever else the machine does, where `overhead.rs`'s nanoseconds move by more
-//! than the 50 ns they are meant to resolve on a shared 2-core machine.
+//! than the 50 ns they are meant to resolve on a shared 2-core machine. The requests, inner
+//! service, sender and scenarios are `overhead.rs`'s (`support/mod.rs`).
 //!
 //! Usage (see bench/README.md for the script that runs every scenario and takes the slope
 //! between two request counts, which cancels the fixed start-up cost):
@@ -14,122 +15,65 @@
 //! Scenarios: `not_sampled` (target at 0 %), `one_percent`, `get_one_target`,
 //! `post_64k_teed`, `get_four_targets`. A plain `cargo bench` runs a short smoke run of each.
 
-use std::convert::Infallible;
-use std::future::ready;
+mod support;
+
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body::Body;
-use http_body_util::{BodyExt, Empty, Full};
+use http::Request;
+use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
-use tower_mirror::{MirrorBody, MirrorLayer, Options, SendFuture, ShadowBody, Target, TeeBody};
+use tower_mirror::TeeBody;
 
-fn sender(request: Request<MirrorBody>) -> SendFuture {
-    drop(request);
-    let body: ShadowBody = Empty::new().map_err(|never| match never {}).boxed_unsync();
-    Box::pin(ready(Ok(Response::new(body))))
-}
+use support::{SCENARIOS, Scenario, assert_every_mirror_sent, handle, post_body};
 
-async fn handle<B: Body<Data = Bytes>>(
-    request: Request<B>,
-) -> Result<Response<Empty<Bytes>>, Infallible> {
-    let _ = request.into_body().collect().await;
-    Ok(Response::new(Empty::new()))
-}
-
-fn request(with_body: Option<&Bytes>) -> Request<Full<Bytes>> {
-    let builder = Request::builder()
-        .uri("http://app.example/api/users/42?page=2")
-        .header("host", "app.example")
-        .header("accept", "application/json")
-        .header("user-agent", "bench/1.0")
-        .header("x-request-id", "0f9c3a4e");
-    match with_body {
-        Some(body) => builder
-            .method("POST")
-            .header("content-length", body.len())
-            .body(Full::new(body.clone())),
-        None => builder.body(Full::default()),
-    }
-    .expect("a valid request")
-}
-
-fn scenario(name: &str) -> Option<(Vec<Target>, bool)> {
-    let targets = |n: usize, p: u32| {
-        (0..n)
-            .map(|i| Target::percentage(format!("http://shadow-{i}.internal:8080"), p))
-            .collect()
-    };
-    Some(match name {
-        "not_sampled" => (targets(1, 0), false),
-        "one_percent" => (targets(1, 1), false),
-        "get_one_target" => (targets(1, 100), false),
-        "post_64k_teed" => (targets(1, 100), true),
-        "get_four_targets" => (targets(4, 100), false),
-        _ => return None,
-    })
-}
-
-fn run(name: &str, mirrored: bool, requests: usize) {
-    let (targets, with_body) = scenario(name).expect("a known scenario");
-    let body = Bytes::from(vec![7u8; 64 * 1024]);
-    let body = with_body.then_some(&body);
+fn run(scenario: &Scenario, mirrored: bool, requests: usize) {
+    let body = post_body();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
-    let layer = MirrorLayer::with_options(Options {
-        targets,
-        max_in_flight: 1 << 20,
-        sender: Some(Arc::new(sender)),
-        ..Options::default()
-    })
-    .expect("valid targets");
+    let layer = scenario.layer(&Arc::new(AtomicU64::new(0)));
     runtime.block_on(async {
         if mirrored {
             let mut service = layer.layer(tower::service_fn(handle::<TeeBody<Full<Bytes>>>));
             for _ in 0..requests {
                 let ready = ServiceExt::<Request<Full<Bytes>>>::ready(&mut service).await;
-                let _ = ready.expect("ready").call(request(body)).await;
+                let _ = ready.expect("ready").call(scenario.request(&body)).await;
                 // Let the mirror tasks run, so that their cost is counted too.
                 tokio::task::yield_now().await;
             }
         } else {
             let mut service = tower::service_fn(handle::<Full<Bytes>>);
             for _ in 0..requests {
-                let _ = service.call(request(body)).await;
+                let _ = service.call(scenario.request(&body)).await;
                 tokio::task::yield_now().await;
             }
         }
-        layer.drain(std::time::Duration::from_secs(5)).await;
+        assert_every_mirror_sent(&layer).await;
     });
-    let stats = layer.stats();
-    let target = &stats.targets[0];
-    assert_eq!(target.dropped_overload + target.skipped.total(), 0);
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
         [name, mode, requests] if mode == "bare" || mode == "mirrored" => {
+            let scenario = SCENARIOS
+                .iter()
+                .find(|scenario| scenario.name == name)
+                .expect("a known scenario");
             run(
-                name,
+                scenario,
                 mode == "mirrored",
                 requests.parse().expect("a request count"),
             );
         }
         // `cargo bench` passes `--bench`: a smoke run of everything.
         _ => {
-            for name in [
-                "not_sampled",
-                "one_percent",
-                "get_one_target",
-                "post_64k_teed",
-                "get_four_targets",
-            ] {
-                run(name, false, 100);
-                run(name, true, 100);
+            for scenario in &SCENARIOS {
+                run(scenario, false, 100);
+                run(scenario, true, 100);
             }
             eprintln!("instructions: smoke run done; see the file's docs for counting");
         }
