@@ -946,6 +946,62 @@ async fn sigterm_finishes_requests_and_mirrors_in_flight() {
     assert!(!stderr.contains("abandoning"), "{stderr}");
 }
 
+/// 8a'. The same with two workers: each runs its own event loop and spawns its own mirrors,
+/// and each must keep running them after SIGTERM until they are delivered. Sixteen
+/// connections, which the kernel spreads over both workers' listeners (all on one worker has a
+/// chance of 2^-15; the test checks delivery either way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_mirrors_of_every_worker() {
+    const CONNECTIONS: usize = 16;
+    let upstream = Server::upstream().await;
+    let shadow_gate = Gate::closed();
+    let shadow =
+        Server::shadow_answering(Answer::AfterGate(shadow_gate.clone(), Duration::ZERO)).await;
+    let mut proxy = Proxy::start(&[
+        "--upstream",
+        &upstream.url,
+        "--mirror",
+        &shadow.url,
+        "--workers",
+        "2",
+        "--drain-timeout",
+        "10s",
+    ])
+    .await;
+    for i in 0..CONNECTIONS {
+        // A client of its own: a new connection, so a new pick among the listeners.
+        let request = Request::get(proxy.url(&format!("/worker-spread/{i}")))
+            .body(Full::default())
+            .unwrap();
+        assert_eq!(send(&client(), request).await.status(), StatusCode::OK);
+    }
+    shadow.wait_for(CONNECTIONS).await;
+    assert_eq!(shadow.answered(), 0, "the shadow holds every answer back");
+
+    proxy.terminate();
+    let addr = proxy.addr;
+    let deadline = tokio::time::Instant::now() + support::DEADLINE;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the proxy still accepts connections after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shadow_gate.open();
+    let (status, stderr) = proxy.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "{status}; stderr:\n{stderr}");
+    assert_eq!(
+        shadow.answered(),
+        CONNECTIONS,
+        "every mirror answered before exit; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("shut down cleanly"),
+        "no clean shutdown in stderr:\n{stderr}"
+    );
+}
+
 /// 8b. SIGTERM with mirrors to a shadow that never answers: after the drain timeout the
 /// process exits 0 and reports the abandoned mirrors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
