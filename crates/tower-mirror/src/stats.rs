@@ -164,6 +164,9 @@ impl SkipStats {
 }
 
 /// Requests that were not considered for mirroring, by reason.
+///
+/// A request with several reasons is counted once, under the first that applies, in the
+/// order of the fields: a mirror that loops back always counts as `already_mirrored`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NotMirroredStats {
@@ -171,10 +174,10 @@ pub struct NotMirroredStats {
     pub already_mirrored: u64,
     /// `CONNECT` requests.
     pub connect: u64,
-    /// Protocol upgrades, such as WebSocket.
-    pub upgrade: u64,
     /// Request targets without a path to join onto a base URL, such as `OPTIONS *`.
     pub unsupported_uri: u64,
+    /// Protocol upgrades, such as WebSocket.
+    pub upgrade: u64,
 }
 
 impl NotMirroredStats {
@@ -183,8 +186,8 @@ impl NotMirroredStats {
         [
             ("already_mirrored", self.already_mirrored),
             ("connect", self.connect),
-            ("upgrade", self.upgrade),
             ("unsupported_uri", self.unsupported_uri),
+            ("upgrade", self.upgrade),
         ]
         .into_iter()
     }

@@ -24,7 +24,8 @@ use support::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 use tower_mirror::{
-    Mirror, MirrorError, MirrorLayer, MirrorResponse, Mode, Options, Target, TeeBody, percentage,
+    Mirror, MirrorError, MirrorLayer, MirrorResponse, Mode, Options, Target, TeeBody,
+    X_MIRRORED_FROM, percentage,
 };
 
 fn app(layer: MirrorLayer) -> Router {
@@ -1039,6 +1040,49 @@ async fn connect_and_asterisk_requests_are_not_mirrored() {
     assert_eq!(stats.not_mirrored.connect, 1);
     assert_eq!(stats.not_mirrored.unsupported_uri, 1);
     assert_eq!(stats.targets[0].sampled, 0);
+}
+
+/// A request with several reasons not to be mirrored is counted once, under the first of:
+/// already mirrored (so a looping mirror always shows as one), CONNECT, a target with no path,
+/// an upgrade.
+#[tokio::test]
+async fn a_request_ineligible_for_several_reasons_is_counted_once() {
+    let shadow = Shadow::start().await;
+    let layer = layer_for(&shadow.url);
+    let inner = tower::service_fn(|_: Request<TeeBody<Full<Bytes>>>| async {
+        Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+    });
+    let service = tower::Layer::layer(&layer, inner);
+    let upgrade = |request: http::request::Builder| {
+        request
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+    };
+    let requests = [
+        upgrade(Request::connect("upstream.example:443")).header(X_MIRRORED_FROM, "app.example"),
+        upgrade(Request::connect("upstream.example:443")),
+        upgrade(Request::options("*")),
+        upgrade(Request::get("/chat")),
+    ];
+    for request in requests {
+        let request = request.body(Full::default()).unwrap();
+        service.clone().oneshot(request).await.unwrap();
+    }
+
+    let stats = layer.stats();
+    let counted = &stats.not_mirrored;
+    assert_eq!(
+        (
+            counted.already_mirrored,
+            counted.connect,
+            counted.unsupported_uri,
+            counted.upgrade
+        ),
+        (1, 1, 1, 1),
+        "{counted:?}"
+    );
+    assert_eq!(stats.targets[0].sampled, 0);
+    assert_eq!(shadow.count(), 0);
 }
 
 #[test]
