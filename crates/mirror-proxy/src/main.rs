@@ -29,10 +29,14 @@ fn main() -> ExitCode {
             return ExitCode::from(BAD_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The proxy's workers run their own runtimes; the main thread only serves the admin
+    // listener, waits for signals and drains, so one thread does. The demo also runs its
+    // apps and load in-process, on every core.
+    let mut builder = match cli.command {
+        Some(Command::Demo(_)) => tokio::runtime::Builder::new_multi_thread(),
+        None => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("mirror-proxy: error: cannot start the runtime: {error}");
