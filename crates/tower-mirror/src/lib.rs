@@ -51,8 +51,8 @@
 //!
 //! In [`Mode::Async`] (the default) the primary never waits: the body is copied while the
 //! inner service reads it ([`TeeBody`]) and the mirrors are sent once it has been read to
-//! its end. In [`Mode::Sync`] the mirrors run first, concurrently, for at most one
-//! [`Options::timeout`].
+//! its end. In [`Mode::Sync`] the mirrors run first, concurrently: the request waits at most
+//! one [`Options::timeout`] in all, reading the body ahead included.
 //!
 //! # Bounded by design
 //!

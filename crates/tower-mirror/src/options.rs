@@ -29,7 +29,10 @@ pub enum Mode {
     Async,
     /// The body is buffered first (up to [`Options::max_body_bytes`]), the mirrors to all
     /// sampled targets run concurrently, and the inner service is called once they have
-    /// finished or [`Options::timeout`] has passed.
+    /// finished or [`Options::timeout`] has passed since the request arrived: reading the
+    /// body ahead and the mirrors share that one timeout. A body slower than that is not
+    /// mirrored (counted as `body_timeout`); a mirror still running when it passes goes on in
+    /// the background and ends within its own timeout.
     ///
     /// This adds up to one timeout of latency to sampled requests; use it only where a target
     /// must see a request before the primary handles it.

@@ -158,7 +158,7 @@ impl<S> Mirror<S> {
     }
 
     /// Reads the body ahead, sends the mirrors, waits for them, and only then calls the inner
-    /// service.
+    /// service: all within one timeout from the request's arrival.
     fn mirror_sync<B>(
         &mut self,
         request: Request<B>,
@@ -175,6 +175,7 @@ impl<S> Mirror<S> {
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let shared = Arc::clone(&self.shared);
         ResponseFuture::sync(Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + shared.timeout;
             let (parts, body) = request.into_parts();
             let (body, mirrors) = if runtime().is_none() {
                 pending.skip(SkipReason::NoRuntime);
@@ -198,10 +199,16 @@ impl<S> Mirror<S> {
                 (body, mirrors)
             };
             drop(shared);
-            // Each mirror task ends within the timeout on its own, so waiting for all of them
-            // takes one timeout at most, whatever the number of targets.
-            for mirror in mirrors {
-                let _ = mirror.await;
+            // Reading ahead and the mirrors share one timeout, so that it bounds the latency
+            // added to the primary. A mirror still running then goes on in the background and
+            // ends within its own timeout (dropping its handle does not cancel it).
+            if !mirrors.is_empty() {
+                let all = async {
+                    for mirror in mirrors {
+                        let _ = mirror.await;
+                    }
+                };
+                let _ = tokio::time::timeout_at(deadline, all).await;
             }
             inner.call(Request::from_parts(parts, body)).await
         }))

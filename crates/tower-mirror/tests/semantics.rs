@@ -717,6 +717,50 @@ async fn sync_mode_waits_one_timeout_for_dead_targets() {
     assert!(stats.targets.iter().all(|t| t.timed_out == 1));
 }
 
+/// Reading the body ahead and the mirrors share one timeout: a body that takes most of it to
+/// arrive leaves the mirrors the rest, so mirroring never holds a request back for more than
+/// one timeout in all. The clock is paused (time moves only when every task waits), so the
+/// bound is checked exactly, not against the wall clock.
+#[tokio::test(start_paused = true)]
+async fn sync_mode_waits_one_timeout_in_all_for_a_slow_body_and_a_dead_target() {
+    let dead = Blackhole::start().await;
+    let timeout = Duration::from_secs(10);
+    let layer = MirrorLayer::with_options(Options {
+        mode: Mode::Sync,
+        timeout,
+        ..options(vec![Target::new(dead.url.clone())])
+    })
+    .unwrap();
+    let inner = tower::service_fn(|request: Request<TeeBody<Feed>>| async move {
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        Ok::<_, Infallible>(Response::new(Full::new(body)))
+    });
+    let service = tower::Layer::layer(&layer, inner);
+    let (chunks, feed) = tokio::sync::mpsc::unbounded_channel();
+    chunks.send(Bytes::from_static(b"first half, ")).unwrap();
+    let slow_client = tokio::spawn(async move {
+        tokio::time::sleep(timeout * 6 / 10).await;
+        chunks.send(Bytes::from_static(b"second half")).unwrap();
+        // Dropping the sender ends the body.
+    });
+
+    let started = tokio::time::Instant::now();
+    let request = Request::post("/upload").body(Feed(feed)).unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    let waited = started.elapsed();
+    slow_client.await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "first half, second half");
+    // 6 s for the body, then the dead target's remaining 4 s; not 6 + 10.
+    assert!(
+        waited >= timeout && waited < timeout + Duration::from_secs(1),
+        "the primary waited {waited:?}"
+    );
+    let stats = settled(&layer).await;
+    assert_eq!(stats.targets[0].sent, 1, "{stats:?}");
+    assert_eq!(stats.targets[0].timed_out, 1, "{stats:?}");
+}
+
 #[tokio::test]
 async fn sync_mode_forwards_a_body_over_the_cap_intact_without_mirroring() {
     let shadow = Shadow::start().await;
