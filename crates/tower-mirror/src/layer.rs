@@ -49,9 +49,12 @@ impl MirrorLayer {
     /// Builds a layer from `options`, checking every target and option.
     ///
     /// # Errors
-    /// [`ConfigError`] naming the first target or option that cannot work: no targets, an
-    /// unparsable URL, a scheme other than http/https, a base URL with a query, fragment or
-    /// user information, a percentage over 100, a zero timeout or a zero `max_in_flight`.
+    /// [`ConfigError`] naming the first target or option that cannot work: no targets, more
+    /// than 64, an unparsable URL, a scheme other than http/https, a base URL with a query,
+    /// fragment or user information, a percentage over 100, a header rule naming an invalid
+    /// or a reserved header (one the mirror manages itself), a zero timeout or a zero
+    /// `max_in_flight`; with the `diff` feature, a target both compared and baseline, more
+    /// than one baseline, a baseline without a compared target, or a zero report bound.
     pub fn with_options(options: Options) -> Result<Self, ConfigError> {
         if options.targets.is_empty() {
             return Err(ConfigError::NoTargets);
