@@ -25,7 +25,7 @@ use crate::units::{parse_duration, parse_size};
                   Example:\n  mirror-proxy --listen 127.0.0.1:8080 --upstream http://127.0.0.1:3000 \
                   --mirror http://127.0.0.1:4000 --mirror http://127.0.0.1:5000=10\n\n\
                   Every flag can also be set in a TOML file given with --config; flags override the \
-                  file. Sizes take units (4MiB, 512KB), durations too (750ms, 5s, 1m30s).",
+                  file. Sizes take units (4MiB, 512KiB; KB and MB count in thousands), durations too (750ms, 5s, 1m30s).",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
