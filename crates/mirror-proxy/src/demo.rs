@@ -320,6 +320,8 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         println!("  curl -s http://{admin}/metrics");
     }
     match args.duration {
+        // `--duration 0s`: the burst and its report only, as in CI.
+        Some(duration) if duration.is_zero() => {}
         Some(duration) => {
             println!("serving for {duration:?} more…");
             tokio::select! {
