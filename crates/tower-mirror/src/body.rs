@@ -7,7 +7,6 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -399,7 +398,8 @@ struct Replay<E> {
     ended: bool,
 }
 
-/// Reads `body` ahead for a sync-mode mirror, up to `limit` bytes and for at most `patience`.
+/// Reads `body` ahead for a sync-mode mirror, up to `limit` bytes and until `deadline` at the
+/// latest (the request's whole sync-mode deadline, which the mirrors then share).
 ///
 /// Returns the body for the inner service, which replays what was read and then continues
 /// with the rest, and the copy to mirror, or why there is none. The time bound matters for
@@ -408,12 +408,12 @@ pub(crate) async fn read_ahead<B>(
     mut body: B,
     limit: usize,
     mut reservation: Reservation,
-    patience: Duration,
+    deadline: tokio::time::Instant,
 ) -> (TeeBody<B>, Result<Arc<Payload>, SkipReason>)
 where
     B: Body<Data = Bytes> + Unpin,
 {
-    let mut deadline = std::pin::pin!(tokio::time::sleep(patience));
+    let mut deadline = std::pin::pin!(tokio::time::sleep_until(deadline));
     let mut frames = VecDeque::new();
     let mut chunks = Vec::new();
     let mut len = 0usize;
@@ -575,8 +575,12 @@ mod tests {
     use super::*;
     use crate::budget::ByteBudget;
     use http_body_util::BodyExt;
+    use std::time::Duration;
 
-    const PATIENCE: Duration = Duration::from_secs(10);
+    /// A deadline the read-ahead tests never reach.
+    fn soon() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(10)
+    }
 
     type TestFrame = Result<Frame<Bytes>, std::io::Error>;
 
@@ -618,7 +622,7 @@ mod tests {
     async fn read_ahead_replays_everything_in_order() {
         let budget = ByteBudget::new(1024);
         let original = stream(vec![data("ab"), data("cd"), data("ef")]);
-        let (body, payload) = read_ahead(original, 1024, Reservation::new(&budget), PATIENCE).await;
+        let (body, payload) = read_ahead(original, 1024, Reservation::new(&budget), soon()).await;
         let payload = payload.unwrap();
         assert_eq!(payload.len, 6);
         assert_eq!(budget.used(), 6);
@@ -636,7 +640,7 @@ mod tests {
     async fn read_ahead_over_the_limit_forwards_the_rest_intact() {
         let budget = ByteBudget::new(1024);
         let original = stream(vec![data("abc"), data("def"), data("ghi")]);
-        let (body, payload) = read_ahead(original, 4, Reservation::new(&budget), PATIENCE).await;
+        let (body, payload) = read_ahead(original, 4, Reservation::new(&budget), soon()).await;
         assert_eq!(payload.unwrap_err(), SkipReason::BodyTooLarge);
         assert_eq!(budget.used(), 0, "a skipped copy holds no budget");
         let replayed = body.collect().await.unwrap().to_bytes();
@@ -649,7 +653,7 @@ mod tests {
         let failure = Err(std::io::Error::other("boom"));
         let original = stream(vec![data("ab"), failure, data("never")]);
         let (mut body, payload) =
-            read_ahead(original, 1024, Reservation::new(&budget), PATIENCE).await;
+            read_ahead(original, 1024, Reservation::new(&budget), soon()).await;
         assert_eq!(payload.unwrap_err(), SkipReason::BodyError);
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "ab");
@@ -663,7 +667,7 @@ mod tests {
         let mut trailers = http::HeaderMap::new();
         trailers.insert("x-checksum", "1".parse().unwrap());
         let original = stream(vec![data("ab"), Ok(Frame::trailers(trailers))]);
-        let (body, payload) = read_ahead(original, 1024, Reservation::new(&budget), PATIENCE).await;
+        let (body, payload) = read_ahead(original, 1024, Reservation::new(&budget), soon()).await;
         assert_eq!(payload.unwrap().len, 2);
         let collected = body.collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["x-checksum"], "1");
@@ -693,8 +697,13 @@ mod tests {
         let budget = ByteBudget::new(1024);
         let patience = Duration::from_secs(3);
         let started = tokio::time::Instant::now();
-        let (mut body, payload) =
-            read_ahead(Stalled(false), 1024, Reservation::new(&budget), patience).await;
+        let (mut body, payload) = read_ahead(
+            Stalled(false),
+            1024,
+            Reservation::new(&budget),
+            tokio::time::Instant::now() + patience,
+        )
+        .await;
         assert_eq!(started.elapsed(), patience);
         assert_eq!(payload.unwrap_err(), SkipReason::BodyTimeout);
         assert_eq!(budget.used(), 0);
@@ -710,7 +719,7 @@ mod tests {
     async fn read_ahead_over_the_budget_is_skipped() {
         let budget = ByteBudget::new(3);
         let original = stream(vec![data("ab"), data("cd")]);
-        let (body, payload) = read_ahead(original, 1024, Reservation::new(&budget), PATIENCE).await;
+        let (body, payload) = read_ahead(original, 1024, Reservation::new(&budget), soon()).await;
         assert_eq!(payload.unwrap_err(), SkipReason::BudgetExhausted);
         assert_eq!(budget.used(), 0);
         assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abcd");

@@ -188,7 +188,7 @@ impl<S> Mirror<S> {
             } else {
                 let reservation = Reservation::new(&shared.budget);
                 let (body, payload) =
-                    read_ahead(body, shared.max_body_bytes, reservation, shared.timeout).await;
+                    read_ahead(body, shared.max_body_bytes, reservation, deadline).await;
                 let mirrors = match payload {
                     Ok(payload) => pending.send_and_track(Some(payload)),
                     Err(reason) => {
