@@ -24,9 +24,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tower::{Layer, Service};
-use tower_mirror::{
-    DrainReport, HttpSender, MirrorBody, MirrorLayer, Options, SendFuture, Sender, TeeBody,
-};
+use tower_mirror::{DrainReport, HttpSender, MirrorBody, MirrorLayer, Options, SendFuture, Sender};
 
 use crate::config::{Config, ConfigError};
 use crate::forward::{Forward, ForwardShared};
@@ -135,31 +133,23 @@ impl Proxy {
             exiting,
             open,
         };
-        let upstream = self.config.upstream.clone();
-        let timeout = self.config.upstream_timeout;
-        let roots = self.config.tls_roots.clone();
-        let telemetry = Arc::clone(&self.telemetry);
+        let upstream = UpstreamClients {
+            upstream: self.config.upstream.clone(),
+            timeout: self.config.upstream_timeout,
+            roots: self.config.tls_roots.clone(),
+            telemetry: Arc::clone(&self.telemetry),
+        };
         let workers = match &self.mirror {
             Some(mirror) => {
                 let mirror = mirror.clone();
                 spawn_workers(self.workers, signals, move || {
-                    let shared: Arc<ForwardShared<TeeBody<Incoming>>> = ForwardShared::new(
-                        upstream.clone(),
-                        timeout,
-                        roots.clone(),
-                        Arc::clone(&telemetry),
-                    );
+                    let shared = upstream.for_worker();
                     let mirror = mirror.clone();
                     move |addr| mirror.layer(Forward::new(Arc::clone(&shared), addr))
                 })
             }
             None => spawn_workers(self.workers, signals, move || {
-                let shared: Arc<ForwardShared<Incoming>> = ForwardShared::new(
-                    upstream.clone(),
-                    timeout,
-                    roots.clone(),
-                    Arc::clone(&telemetry),
-                );
+                let shared = upstream.for_worker();
                 move |addr| Forward::new(Arc::clone(&shared), addr)
             }),
         };
@@ -202,6 +192,31 @@ impl Proxy {
             mirrors,
             workers_failed,
         }
+    }
+}
+
+/// What each worker's own pooled client to the upstream is built from.
+struct UpstreamClients {
+    upstream: crate::config::Upstream,
+    timeout: Duration,
+    roots: rustls::RootCertStore,
+    telemetry: Arc<Telemetry>,
+}
+
+impl UpstreamClients {
+    /// A new client for the calling worker, for request bodies of type `B` (the tee'd body
+    /// when mirroring, the plain one otherwise).
+    fn for_worker<B>(&self) -> Arc<ForwardShared<B>>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<tower_mirror::BoxError>,
+    {
+        ForwardShared::new(
+            self.upstream.clone(),
+            self.timeout,
+            self.roots.clone(),
+            Arc::clone(&self.telemetry),
+        )
     }
 }
 
