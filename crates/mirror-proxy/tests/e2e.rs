@@ -914,17 +914,7 @@ async fn sigterm_finishes_requests_and_mirrors_in_flight() {
     assert_eq!(shadow.answered(), 0, "the shadow holds every answer back");
 
     proxy.terminate();
-    let addr = proxy.addr;
-    let mut refused = false;
-    let deadline = tokio::time::Instant::now() + support::DEADLINE;
-    while !refused {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the proxy still accepts connections after SIGTERM"
-        );
-        refused = TcpStream::connect(addr).await.is_err();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    proxy.wait_refusing().await;
     assert!(!in_flight.is_finished());
     upstream_gate.open();
     let response = within("the request in flight", in_flight).await.unwrap();
@@ -979,15 +969,7 @@ async fn sigterm_drains_the_mirrors_of_every_worker() {
     assert_eq!(shadow.answered(), 0, "the shadow holds every answer back");
 
     proxy.terminate();
-    let addr = proxy.addr;
-    let deadline = tokio::time::Instant::now() + support::DEADLINE;
-    while TcpStream::connect(addr).await.is_ok() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the proxy still accepts connections after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    proxy.wait_refusing().await;
     shadow_gate.open();
     let (status, stderr) = proxy.wait_exit().await;
     assert_eq!(status.code(), Some(0), "{status}; stderr:\n{stderr}");

@@ -599,6 +599,19 @@ impl Proxy {
         signal(self.pid(), "-TERM");
     }
 
+    /// Waits until the listen address refuses connections (after SIGTERM, every worker has
+    /// stopped accepting), failing the test after [`DEADLINE`].
+    pub async fn wait_refusing(&self) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the proxy still accepts connections after {DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Waits for the process to exit; returns its status and all of its stderr.
     pub async fn wait_exit(&mut self) -> (ExitStatus, String) {
         let status = within("the proxy to exit", self.child.wait())
