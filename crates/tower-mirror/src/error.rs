@@ -9,19 +9,29 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Why a [`MirrorLayer`](crate::MirrorLayer) could not be built from its configuration.
 ///
-/// Every variant that concerns one target names it by its URL as configured, so the message
-/// alone tells which line of a configuration to fix.
+/// Every variant that concerns one target names it (by its URL as configured, or by its name
+/// for the settings that have one), so the message alone tells which line of a configuration
+/// to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// No targets were given: a mirror with nowhere to send is a configuration mistake.
     NoTargets,
-    /// More targets than one layer supports.
-    TooManyTargets {
-        /// How many targets were given.
-        count: usize,
-        /// The most one layer supports.
-        max: usize,
+    /// Two targets have the same [name](crate::Target::name) (by default, the same URL).
+    DuplicateName {
+        /// The name given twice.
+        name: String,
+    },
+    /// One of a target's settings cannot work: a filter, the key sampler, the rate cap or the
+    /// path rewrite.
+    InvalidSetting {
+        /// The target's [name](crate::Target::name).
+        target: String,
+        /// The setting, as mirror-proxy's `[[mirror]]` key names it: `methods`, `paths`,
+        /// `exclude_paths`, `headers`, `path_regex`, `sample_by`, `rate`, `rewrite_path`.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
     },
     /// A target's URL cannot be used as a base URL.
     InvalidTarget {
@@ -50,12 +60,15 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NoTargets => f.write_str("no mirror targets configured: give at least one"),
-            Self::TooManyTargets { count, max } => {
-                write!(
-                    f,
-                    "{count} mirror targets configured: at most {max} are supported"
-                )
-            }
+            Self::DuplicateName { name } => write!(
+                f,
+                "mirror target name {name:?} is used twice: give each target its own name"
+            ),
+            Self::InvalidSetting {
+                target,
+                setting,
+                reason,
+            } => write!(f, "invalid mirror target {target:?}: {setting}: {reason}"),
             Self::InvalidTarget { url, reason } => {
                 write!(f, "invalid mirror target {url:?}: {reason}")
             }

@@ -3,13 +3,15 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::body::ResponseBody;
-use crate::dispatch::CellRef;
+use crate::body::{PrimaryTap, ResponseBody};
+use crate::observe::Observation;
 
 pin_project! {
     /// The response future of [`Mirror`](crate::Mirror): resolves to exactly what the inner
@@ -20,8 +22,8 @@ pin_project! {
     {
         #[pin]
         kind: Kind<F>,
-        // The request's comparison, which gets the response once its body has streamed.
-        cell: Option<CellRef>,
+        // The request's observations, which get the response once its body has streamed.
+        observed: Option<Box<Observed>>,
     }
 }
 
@@ -42,20 +44,20 @@ impl<F: Future> ResponseFuture<F> {
     pub(crate) fn direct(future: F) -> Self {
         Self {
             kind: Kind::Direct { future },
-            cell: None,
+            observed: None,
         }
     }
 
     pub(crate) fn sync(future: Pin<Box<dyn Future<Output = F::Output> + Send>>) -> Self {
         Self {
             kind: Kind::Sync { future },
-            cell: None,
+            observed: None,
         }
     }
 
-    /// The response will be handed to `cell` for comparison.
-    pub(crate) fn compared_in(mut self, cell: Option<CellRef>) -> Self {
-        self.cell = cell;
+    /// The response will be handed to these observations.
+    pub(crate) fn observed(mut self, observed: Option<Box<Observed>>) -> Self {
+        self.observed = observed;
         self
     }
 }
@@ -72,25 +74,33 @@ where
             KindProj::Direct { future } => future.poll(cx),
             KindProj::Sync { future } => future.as_mut().poll(cx),
         });
-        let cell = this.cell.take();
-        Poll::Ready(result.map(|response| wrap(response, cell)))
+        let observed = this.observed.take();
+        Poll::Ready(result.map(|response| match observed {
+            Some(observed) => {
+                let tap = PrimaryTap::new(observed.observations, observed.started, &response);
+                response.map(|body| ResponseBody::tapped(body, tap))
+            }
+            None => response.map(ResponseBody::new),
+        }))
     }
 }
 
-#[cfg(feature = "diff")]
-fn wrap<B>(response: Response<B>, cell: Option<CellRef>) -> Response<ResponseBody<B>> {
-    match cell {
-        Some(cell) => {
-            let capture = crate::body::PrimaryCapture::new(cell, &response);
-            response.map(|body| ResponseBody::compared(body, capture))
-        }
-        None => response.map(ResponseBody::new),
-    }
+/// Observations waiting for the primary's response, and when its request arrived.
+pub(crate) struct Observed {
+    observations: Vec<Arc<dyn Observation>>,
+    started: Instant,
 }
 
-#[cfg(not(feature = "diff"))]
-fn wrap<B>(response: Response<B>, _: Option<CellRef>) -> Response<ResponseBody<B>> {
-    response.map(ResponseBody::new)
+impl Observed {
+    /// `None` when nothing observes the request.
+    pub(crate) fn new(observations: &[Arc<dyn Observation>]) -> Option<Box<Self>> {
+        (!observations.is_empty()).then(|| {
+            Box::new(Self {
+                observations: observations.to_vec(),
+                started: Instant::now(),
+            })
+        })
+    }
 }
 
 impl<F: Future> fmt::Debug for ResponseFuture<F> {

@@ -36,12 +36,14 @@
 //! # What it does
 //!
 //! For each request, the layer decides whether it is eligible (not `CONNECT`, not a protocol
-//! upgrade, not already a mirror: see [`Options::loop_guard`]), then asks every target's
-//! sampler whether it takes the request. A request no target takes costs a few atomic
-//! operations and goes straight to the inner service.
+//! upgrade, not already a mirror: see [`Options::loop_guard`]), then runs every target's
+//! admission steps: its filter (methods, paths, headers), its sampling (a counter, or a
+//! sticky key: [`SampleKey`]) and its limits (in flight, [`RateLimit`]); see [`Target`]. A
+//! request no target takes costs a few atomic operations and goes straight to the inner
+//! service.
 //!
 //! For a sampled request, the mirror is a copy: same method, the target's base URL joined
-//! with the original path and query, the original end-to-end headers in order
+//! with the original path (optionally [rewritten](Target::rewrite_path)) and query, the original end-to-end headers in order
 //! (hop-by-hop headers, `Proxy-Authorization` and `Expect` are not forwarded), `Host` set to
 //! the target, [`X-Mirrored-From`](X_MIRRORED_FROM) set to the host the original was sent to,
 //! and the original body (unless [`Options::copy_body`] is off). It is sent over HTTP/1.1,
@@ -63,7 +65,8 @@
 //!   [`Options::max_buffered_bytes`], shared by every request and target.
 //! - Every exchange, including reading the response, ends within [`Options::timeout`].
 //!
-//! Every outcome is counted: see [`MirrorLayer::stats`].
+//! Every outcome is counted, per target by name: see [`MirrorLayer::stats`] and
+//! [`TargetStats`].
 //!
 //! # Runtime
 //!
@@ -72,38 +75,41 @@
 //! are skipped and counted, never a panic.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod body;
-mod budget;
-mod client;
-#[cfg(feature = "diff")]
-pub mod diff;
-mod dispatch;
-mod error;
+// The tower façade.
 mod future;
 mod layer;
-mod options;
-mod request;
-mod response;
-mod sample;
 mod service;
+// The configuration as written, and as compiled; the cell that holds it.
+mod config;
+mod control;
+mod plan;
+// The request path: admission, bodies, the outbound request, dispatch, the client.
+mod admit;
+mod body;
+pub mod client;
+mod dispatch;
+mod head;
+pub mod outbound;
+// Outcomes: counters, errors, responses, observers.
+mod error;
+pub mod observe;
+mod response;
 mod stats;
-mod target;
+
+#[cfg(feature = "diff")]
+#[cfg_attr(docsrs, doc(cfg(feature = "diff")))]
+pub mod diff;
 
 /// Internals for the fuzz targets in `/fuzz` (feature `fuzzing`); not a stable API.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing {
-    use http::{Request, Uri};
+    use http::Request;
 
     use crate::body::MirrorBody;
-    use crate::request::{RequestSnapshot, build};
-    use crate::target::{Base, CompiledTarget, Target};
-
-    /// Joins `original` onto the base URL `base`, as a mirror does; `None` when `base` is not
-    /// a valid target URL or `original` has no origin-form path.
-    pub fn join(base: &str, original: &Uri) -> Option<Uri> {
-        Base::parse(base).ok()?.join(original)
-    }
+    use crate::config::Target;
+    use crate::outbound::request::{RequestSnapshot, build};
+    use crate::plan::compile_rules;
 
     /// The request a mirror to `target` would send for `original`, with a body of `body_len`
     /// bytes; `None` when `target` is invalid or `original` cannot be mirrored.
@@ -112,11 +118,11 @@ pub mod fuzzing {
         target: &Target,
         body_len: usize,
     ) -> Option<Request<MirrorBody>> {
-        let compiled = CompiledTarget::compile(target).ok()?;
+        let rules = compile_rules(target).ok()?;
         let body = MirrorBody::from(bytes::Bytes::from(vec![0u8; body_len]));
         build(
             std::sync::Arc::new(RequestSnapshot::capture(original)),
-            &compiled,
+            &rules,
             body,
         )
     }
@@ -124,12 +130,14 @@ pub mod fuzzing {
 
 pub use body::{MirrorBody, ResponseBody, TeeBody};
 pub use client::{HttpSender, SendFuture, Sender, ShadowBody};
+pub use config::{
+    ErrorCallback, KeyFn, Mode, Options, RateLimit, SampleKey, SuccessCallback, Target, percentage,
+};
 pub use error::{BoxError, ConfigError, MirrorError};
 pub use future::ResponseFuture;
+pub use head::{ClientAddr, RequestHead};
 pub use layer::{DrainReport, MirrorLayer};
-pub use options::{ErrorCallback, Mode, Options, SuccessCallback};
-pub use request::X_MIRRORED_FROM;
+pub use outbound::X_MIRRORED_FROM;
 pub use response::MirrorResponse;
 pub use service::Mirror;
 pub use stats::{MirrorStats, NotMirroredStats, SkipStats, TargetStats};
-pub use target::{Target, percentage};

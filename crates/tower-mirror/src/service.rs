@@ -9,12 +9,15 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use crate::body::{ResponseBody, Tee, TeeBody, read_ahead};
-use crate::budget::Reservation;
-use crate::dispatch::{CellRef, PendingMirror, Shared, runtime};
-use crate::future::ResponseFuture;
-use crate::options::Mode;
-use crate::request::RequestSnapshot;
+use crate::admit::ineligible;
+use crate::body::{Reservation, ResponseBody, Tee, TeeBody, read_ahead};
+use crate::config::Mode;
+use crate::control::Control;
+use crate::dispatch::{PendingMirror, runtime};
+use crate::future::{Observed, ResponseFuture};
+use crate::head::RequestHead;
+use crate::outbound::request::RequestSnapshot;
+use crate::plan::Plan;
 use crate::stats::{MirrorStats, SkipReason};
 
 /// Mirrors requests to shadow targets, then hands them, untouched, to the inner service.
@@ -24,12 +27,12 @@ use crate::stats::{MirrorStats, SkipReason};
 /// which yields the original frames as they arrive. Errors are the inner service's own.
 pub struct Mirror<S> {
     inner: S,
-    shared: Arc<Shared>,
+    control: Arc<Control>,
 }
 
 impl<S> Mirror<S> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+    pub(crate) fn new(inner: S, control: Arc<Control>) -> Self {
+        Self { inner, control }
     }
 
     /// The inner service.
@@ -49,7 +52,7 @@ impl<S> Mirror<S> {
 
     /// A snapshot of the counters shared with the layer that built this service.
     pub fn stats(&self) -> MirrorStats {
-        self.shared.stats()
+        self.control.stats()
     }
 }
 
@@ -70,53 +73,47 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let shared = &self.shared;
-        if let Some(reason) = shared.ineligible(&request) {
-            shared.not_mirrored.count(reason);
+        let control = &*self.control;
+        let plan = control.plan.load();
+        let head = RequestHead::of(&request);
+        if let Some(reason) = ineligible(&head, plan.loop_guard) {
+            control.not_mirrored.count(reason);
             return self.forward(request);
         }
-        let targets = shared.sample();
-        if targets.is_empty() {
+        // No allocation unless a target takes the request.
+        let mut chosen = Vec::new();
+        for target in plan.targets.iter() {
+            if target.admission.admit(&target.counters, &head) {
+                chosen.push(Arc::clone(target));
+            }
+        }
+        if chosen.is_empty() {
             return self.forward(request);
         }
-        let pending = PendingMirror::new(
-            Arc::clone(shared),
-            targets,
-            RequestSnapshot::capture(&request),
-        );
-        let (pending, cell) = compare(shared, pending, &request);
-        let future = match shared.mode {
-            Mode::Async => self.mirror_async(request, pending),
-            Mode::Sync => self.mirror_sync(request, pending),
+        let observations = if plan.observers.is_empty() {
+            Vec::new()
+        } else {
+            let specs: Vec<_> = chosen.iter().map(|t| &t.spec).collect();
+            plan.observers
+                .iter()
+                .filter_map(|observer| observer.observe(&head, &specs))
+                .collect()
         };
-        future.compared_in(cell)
+        let observed = Observed::new(&observations);
+        let plan: Arc<Plan> = arc_swap::Guard::into_inner(plan);
+        let pending = PendingMirror::new(
+            Arc::clone(&plan),
+            Arc::clone(&control.tracker),
+            chosen,
+            RequestSnapshot::capture(&request),
+            observations,
+        );
+        let future = match plan.mode {
+            Mode::Async => self.mirror_async(&plan, request, pending),
+            Mode::Sync => self.mirror_sync(plan, request, pending),
+        };
+        future.observed(observed)
     }
-}
-
-/// Opens the request's comparison when a chosen target is compared (or the baseline).
-#[cfg(feature = "diff")]
-fn compare<B>(
-    shared: &Shared,
-    pending: PendingMirror,
-    request: &Request<B>,
-) -> (PendingMirror, Option<CellRef>) {
-    let Some(engine) = &shared.diff else {
-        return (pending, None);
-    };
-    if !pending.targets().any(|index| engine.takes_part(index)) {
-        return (pending, None);
-    }
-    let cell = crate::diff::DiffCell::new(Arc::clone(engine), request.method(), request.uri());
-    (pending.compared_in(Arc::clone(&cell)), Some(cell))
-}
-
-#[cfg(not(feature = "diff"))]
-fn compare<B>(
-    _: &Shared,
-    pending: PendingMirror,
-    _: &Request<B>,
-) -> (PendingMirror, Option<CellRef>) {
-    (pending, None)
 }
 
 impl<S> Mirror<S> {
@@ -132,6 +129,7 @@ impl<S> Mirror<S> {
     /// once the inner service has read the body through the tee.
     fn mirror_async<B>(
         &mut self,
+        plan: &Plan,
         request: Request<B>,
         pending: PendingMirror,
     ) -> ResponseFuture<S::Future>
@@ -139,20 +137,19 @@ impl<S> Mirror<S> {
         S: Service<Request<TeeBody<B>>>,
         B: Body<Data = Bytes>,
     {
-        let shared = &self.shared;
         let body = request.body();
-        if !shared.copy_body || body.is_end_stream() {
+        if !plan.copy_body || body.is_end_stream() {
             pending.send(None);
             return self.forward(request);
         }
-        if body.size_hint().lower() > shared.max_body_bytes as u64 {
+        if body.size_hint().lower() > plan.max_body_bytes as u64 {
             pending.skip(SkipReason::BodyTooLarge);
             return self.forward(request);
         }
         let tee = Tee::new(
-            pending,
-            shared.max_body_bytes,
-            Reservation::new(&shared.budget),
+            Box::new(pending),
+            plan.max_body_bytes,
+            Reservation::new(&plan.budget),
         );
         ResponseFuture::direct(self.inner.call(request.map(|body| TeeBody::tee(body, tee))))
     }
@@ -161,6 +158,7 @@ impl<S> Mirror<S> {
     /// service: all within one timeout from the request's arrival.
     fn mirror_sync<B>(
         &mut self,
+        plan: Arc<Plan>,
         request: Request<B>,
         pending: PendingMirror,
     ) -> ResponseFuture<S::Future>
@@ -173,22 +171,21 @@ impl<S> Mirror<S> {
         // The ready service goes with the future; this clone waits for the next poll_ready.
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
-        let shared = Arc::clone(&self.shared);
         ResponseFuture::sync(Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + shared.timeout;
+            let deadline = tokio::time::Instant::now() + plan.timeout;
             let (parts, body) = request.into_parts();
             let (body, mirrors) = if runtime().is_none() {
                 pending.skip(SkipReason::NoRuntime);
                 (TeeBody::plain(body), Vec::new())
-            } else if !shared.copy_body || body.is_end_stream() {
+            } else if !plan.copy_body || body.is_end_stream() {
                 (TeeBody::plain(body), pending.send_and_track(None))
-            } else if body.size_hint().lower() > shared.max_body_bytes as u64 {
+            } else if body.size_hint().lower() > plan.max_body_bytes as u64 {
                 pending.skip(SkipReason::BodyTooLarge);
                 (TeeBody::plain(body), Vec::new())
             } else {
-                let reservation = Reservation::new(&shared.budget);
+                let reservation = Reservation::new(&plan.budget);
                 let (body, payload) =
-                    read_ahead(body, shared.max_body_bytes, reservation, deadline).await;
+                    read_ahead(body, plan.max_body_bytes, reservation, deadline).await;
                 let mirrors = match payload {
                     Ok(payload) => pending.send_and_track(Some(payload)),
                     Err(reason) => {
@@ -198,7 +195,7 @@ impl<S> Mirror<S> {
                 };
                 (body, mirrors)
             };
-            drop(shared);
+            drop(plan);
             // Reading ahead and the mirrors share one timeout, so that it bounds the latency
             // added to the primary. A mirror still running then goes on in the background and
             // ends within its own timeout (dropping its handle does not cancel it).
@@ -219,7 +216,7 @@ impl<S: Clone> Clone for Mirror<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            shared: Arc::clone(&self.shared),
+            control: Arc::clone(&self.control),
         }
     }
 }

@@ -25,12 +25,15 @@ pub(crate) enum Ineligible {
 /// The live counters of one target.
 #[derive(Debug, Default)]
 pub(crate) struct TargetCounters {
+    pub(crate) filtered: AtomicU64,
     pub(crate) sampled: AtomicU64,
+    pub(crate) sampled_without_key: AtomicU64,
     pub(crate) sent: AtomicU64,
     pub(crate) responded: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) timed_out: AtomicU64,
     pub(crate) dropped_overload: AtomicU64,
+    pub(crate) dropped_rate_limited: AtomicU64,
     pub(crate) in_flight: AtomicUsize,
     skipped: [AtomicU64; 6],
 }
@@ -40,16 +43,20 @@ impl TargetCounters {
         self.skipped[reason as usize].fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, url: &str) -> TargetStats {
+    pub(crate) fn snapshot(&self, name: &str, url: &str) -> TargetStats {
         let skipped = |r: SkipReason| self.skipped[r as usize].load(Relaxed);
         TargetStats {
+            name: name.to_owned(),
             url: url.to_owned(),
+            filtered: self.filtered.load(Relaxed),
             sampled: self.sampled.load(Relaxed),
+            sampled_without_key: self.sampled_without_key.load(Relaxed),
             sent: self.sent.load(Relaxed),
             responded: self.responded.load(Relaxed),
             failed: self.failed.load(Relaxed),
             timed_out: self.timed_out.load(Relaxed),
             dropped_overload: self.dropped_overload.load(Relaxed),
+            dropped_rate_limited: self.dropped_rate_limited.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
             skipped: SkipStats {
                 body_too_large: skipped(SkipReason::BodyTooLarge),
@@ -99,15 +106,34 @@ pub struct MirrorStats {
 
 /// The counters of one target.
 ///
-/// Every sampled mirror ends in exactly one of: sent, dropped for overload, or skipped; every
-/// sent mirror ends in exactly one of: responded, failed, timed out (or is still in flight).
+/// A request the layer considers ([`MirrorStats::not_mirrored`] aside) passes each target's
+/// admission steps in order: its filter (else `filtered`), its sampling (else nothing is
+/// counted), then its limits. Every **sampled** mirror ends in exactly one of: `sent`,
+/// `dropped_overload`, `dropped_rate_limited`, or one of `skipped`; every sent mirror ends in
+/// exactly one of `responded`, `failed`, `timed_out` (or is still `in_flight`):
+///
+/// ```text
+/// sampled = sent + dropped_overload + dropped_rate_limited + skipped.total()
+/// sent    = responded + failed + timed_out + in_flight
+/// ```
+///
+/// (Each holds once the request bodies being copied have ended.) `filtered` counts requests
+/// outside that: they were never sampled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TargetStats {
+    /// The target's name ([`Target::with_name`](crate::Target::with_name); by default its URL).
+    pub name: String,
     /// The target's URL as configured.
     pub url: String,
+    /// Requests the target's filter turned away (methods, paths, headers, path regex). They
+    /// take no sampling turn.
+    pub filtered: u64,
     /// Eligible requests this target's sampling chose.
     pub sampled: u64,
+    /// Of `sampled`, those a key sampler ([`Target::sample_by`](crate::Target::sample_by))
+    /// found no key in, so the counter sampler chose them instead.
+    pub sampled_without_key: u64,
     /// Mirrors handed to the sender.
     pub sent: u64,
     /// Mirrors that got a response (any status).
@@ -118,6 +144,9 @@ pub struct TargetStats {
     pub timed_out: u64,
     /// Mirrors not sent because the target already had `max_in_flight` mirrors in flight.
     pub dropped_overload: u64,
+    /// Mirrors not sent because the target's rate cap
+    /// ([`Target::rate_limit`](crate::Target::rate_limit)) was reached; never queued.
+    pub dropped_rate_limited: u64,
     /// Mirrors sent and not yet finished.
     pub in_flight: usize,
     /// Mirrors not sent, by reason.

@@ -18,7 +18,7 @@ use http::Request;
 use http_body_util::Full;
 use serde_json::json;
 use support::{Gate, eventually, get as http_get, post as http_post, serve};
-use tower_mirror::diff::{Change, Comparison, DiffOptions, Part};
+use tower_mirror::diff::{Change, Comparison, Diff, DiffOptions, Part};
 use tower_mirror::{ConfigError, MirrorLayer, Options, Target};
 
 /// Which build of the app a server runs.
@@ -73,23 +73,30 @@ fn app(build: Build, gate: Option<Gate>) -> Router {
         .route("/big", get(|| async { "x".repeat(10_000).into_response() }))
 }
 
-/// Collects every comparison.
+/// Collects every comparison, and keeps the diff observer for its report.
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<Comparison>>>);
+struct Seen(Arc<Mutex<Vec<Comparison>>>, Arc<std::sync::OnceLock<Diff>>);
 
 impl Seen {
     fn options(&self, targets: Vec<Target>, diff: DiffOptions) -> Options {
         let seen = self.clone();
+        let diff = Diff::new(DiffOptions {
+            on_comparison: Some(Arc::new(move |c: &Comparison| {
+                seen.0.lock().unwrap().push(c.clone());
+            })),
+            ..diff
+        })
+        .unwrap();
+        self.1.set(diff.clone()).expect("one diff per Seen");
         Options {
             targets,
-            diff: DiffOptions {
-                on_comparison: Some(Arc::new(move |c: &Comparison| {
-                    seen.0.lock().unwrap().push(c.clone());
-                })),
-                ..diff
-            },
+            observers: vec![Arc::new(diff)],
             ..Options::default()
         }
+    }
+
+    fn report(&self) -> tower_mirror::diff::DiffReport {
+        self.1.get().expect("options() first").report()
     }
 
     async fn wait_for(&self, n: usize) -> Vec<Comparison> {
@@ -161,7 +168,7 @@ async fn the_differences_reported_are_exactly_the_builds_differences() {
         [(Part::Status, String::new(), Change::Changed)]
     );
 
-    let report = layer.diff_report().unwrap();
+    let report = seen.report();
     let users = report
         .routes
         .iter()
@@ -229,7 +236,7 @@ async fn a_field_that_changes_on_every_call_is_cancelled_as_noise_by_the_baselin
             ["/items/0/updated_at", "/items/1/updated_at", "/served_at"]
         );
     }
-    let report = layer.diff_report().unwrap();
+    let report = seen.report();
     let route = &report.routes[0];
     let served_at = route
         .fields
@@ -304,7 +311,7 @@ async fn ignore_rules_and_the_body_cap_hold() {
     let big = comparisons.iter().find(|c| c.uri.path() == "/big").unwrap();
     assert!(!big.body_compared);
     assert!(big.is_equal());
-    let report = layer.diff_report().unwrap();
+    let report = seen.report();
     let big_route = report
         .routes
         .iter()
@@ -409,7 +416,7 @@ async fn the_report_is_bounded() {
     http_post(&format!("{}/orders", primary.url), "x").await;
     seen.wait_for(4).await;
 
-    let report = layer.diff_report().unwrap();
+    let report = seen.report();
     assert_eq!(report.routes.len(), 1);
     assert_eq!(
         report.untracked_routes, 1,
@@ -424,12 +431,15 @@ async fn the_report_is_bounded() {
 #[test]
 fn comparison_roles_are_checked() {
     let err = |targets: Vec<Target>, diff: DiffOptions| {
-        MirrorLayer::with_options(Options {
-            targets,
-            diff,
-            ..Options::default()
-        })
-        .unwrap_err()
+        Diff::new(diff)
+            .and_then(|diff| {
+                MirrorLayer::with_options(Options {
+                    targets,
+                    observers: vec![Arc::new(diff)],
+                    ..Options::default()
+                })
+            })
+            .unwrap_err()
     };
     let baseline_alone = err(
         vec![Target::new("http://b").as_baseline()],

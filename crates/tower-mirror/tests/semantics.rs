@@ -582,8 +582,9 @@ async fn a_targets_choice_does_not_depend_on_the_other_targets() {
     let other = Shadow::start().await;
     let alone = chosen(vec![]).await;
     let beside = chosen(vec![
-        percentage(other.url.clone(), 50),
-        percentage(other.url.clone(), 33),
+        // One shadow URL twice: names keep the targets apart.
+        percentage(other.url.clone(), 50).with_name("fifty"),
+        percentage(other.url.clone(), 33).with_name("thirty-three"),
     ])
     .await;
     assert_eq!(alone.len(), 10);
@@ -1215,14 +1216,23 @@ fn configuration_errors_name_what_is_wrong() {
             ..
         }
     ));
-    assert!(matches!(
-        err(options(
-            (0..65)
-                .map(|i| Target::new(format!("http://h{i}")))
-                .collect()
-        )),
-        ConfigError::TooManyTargets { count: 65, max: 64 }
-    ));
+    // No fixed maximum number of targets; names (by default the URLs) are unique.
+    let many = MirrorLayer::with_options(options(
+        (0..200)
+            .map(|i| Target::new(format!("http://h{i}")))
+            .collect(),
+    ))
+    .unwrap();
+    assert_eq!(many.stats().targets.len(), 200);
+    assert_eq!(
+        err(options(vec![
+            Target::new("http://same"),
+            Target::new("http://same")
+        ])),
+        ConfigError::DuplicateName {
+            name: "http://same".into()
+        }
+    );
 }
 
 #[tokio::test]

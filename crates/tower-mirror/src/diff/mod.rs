@@ -1,6 +1,8 @@
 //! Shadow diffing (feature `diff`): compare each shadow response with the primary's.
 //!
-//! Mark the targets to compare with [`Target::with_comparison`](crate::Target::with_comparison).
+//! [`Diff`] is an [`Observer`]: give it to the layer in
+//! [`Options::observers`](crate::Options::observers), mark the targets to compare with
+//! [`Target::with_comparison`], and read its [`report`](Diff::report).
 //! For each request mirrored to them, the layer keeps the primary response (status, headers,
 //! and the body up to [`DiffOptions::max_body_bytes`], copied as it streams to the client,
 //! never delayed) and each compared shadow's, and compares them once both are complete:
@@ -13,15 +15,37 @@
 //!   (`/items/*/updated_at`); other bodies as text or bytes.
 //!
 //! **Noise cancellation**: give a second target that runs the primary's own build the
-//! [`baseline`](crate::Target::as_baseline) role (at the same percentage as the compared
+//! [`baseline`](Target::as_baseline) role (at the same percentage as the compared
 //! targets, so it receives the same requests). A field that differs between the primary and
 //! the baseline is noise — a timestamp, a random id — and from then on is not reported as a
 //! regression on that route, as Diffy does.
 //!
 //! Each comparison goes to [`DiffOptions::on_comparison`], and into an aggregate report per
-//! target and route ([`MirrorLayer::diff_report`](crate::MirrorLayer::diff_report)) whose
-//! memory is bounded by [`DiffOptions::max_routes`], [`DiffOptions::max_fields`] and
-//! [`DiffOptions::max_examples`].
+//! target and route ([`Diff::report`]) whose memory is bounded by
+//! [`DiffOptions::max_routes`], [`DiffOptions::max_fields`] and [`DiffOptions::max_examples`].
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tower_mirror::diff::{Diff, DiffOptions};
+//! use tower_mirror::{MirrorLayer, Options, Target};
+//!
+//! let diff = Diff::new(DiffOptions {
+//!     ignore_fields: vec!["/items/*/updated_at".into()],
+//!     ..DiffOptions::default()
+//! })?;
+//! let layer = MirrorLayer::with_options(Options {
+//!     targets: vec![
+//!         Target::new("http://127.0.0.1:4000").with_name("candidate").with_comparison(),
+//!         Target::new("http://127.0.0.1:4001").with_name("baseline").as_baseline(),
+//!     ],
+//!     observers: vec![Arc::new(diff.clone())],
+//!     ..Options::default()
+//! })?;
+//! // ... serve; then, say from an admin endpoint:
+//! let report = diff.report();
+//! # let _ = (layer, report);
+//! # Ok::<(), tower_mirror::ConfigError>(())
+//! ```
 
 mod compare;
 mod json;
@@ -30,7 +54,7 @@ mod route;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::HeaderName;
@@ -38,10 +62,13 @@ use http::{HeaderMap, Method, StatusCode, Uri};
 
 pub use report::{DiffReport, Example, FieldDiff, LatencySummary, RouteDiff};
 
+use crate::config::Target;
 use crate::error::ConfigError;
-use crate::target::Target;
+use crate::head::RequestHead;
+use crate::observe::{Observation, Observer, PrimaryResponse};
+use crate::response::MirrorResponse;
 use compare::{Captured, Rules};
-use report::{Aggregator, Limits, Observation};
+use report::{Aggregator, Limits, Observation as Observation_};
 
 /// Which part of a response a difference is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -131,7 +158,7 @@ impl fmt::Display for Difference {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Comparison {
-    /// The compared target's URL as configured.
+    /// The compared target's name.
     pub target: String,
     /// Method and path with identifiers folded: `GET /users/{id}`.
     pub route: String,
@@ -241,57 +268,135 @@ impl fmt::Debug for DiffOptions {
     }
 }
 
+impl Target {
+    /// This target, with its responses compared with the primary's by a [`Diff`] observer
+    /// (feature `diff`).
+    pub fn with_comparison(mut self) -> Self {
+        self.compare = true;
+        self
+    }
+
+    /// This target as the noise baseline of a [`Diff`] observer: it runs the primary's own
+    /// build, so whatever differs between its responses and the primary's is noise (feature
+    /// `diff`).
+    pub fn as_baseline(mut self) -> Self {
+        self.baseline = true;
+        self
+    }
+
+    /// True when [`with_comparison`](Self::with_comparison) marked this target.
+    pub fn is_compared(&self) -> bool {
+        self.compare
+    }
+
+    /// True when [`as_baseline`](Self::as_baseline) marked this target.
+    pub fn is_baseline(&self) -> bool {
+        self.baseline
+    }
+}
+
 /// A target's part in comparisons.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Role {
+enum Role {
     Compared,
     Baseline,
 }
 
-/// Everything comparisons share: rules, roles, the report.
-pub(crate) struct DiffEngine {
+fn role(target: &Target) -> Option<Role> {
+    match (target.compare, target.baseline) {
+        (true, _) => Some(Role::Compared),
+        (false, true) => Some(Role::Baseline),
+        (false, false) => None,
+    }
+}
+
+/// Shadow diffing: an [`Observer`] that compares the responses of the targets marked with
+/// [`Target::with_comparison`] with the primary's, and keeps the report. See the
+/// [module docs](self).
+///
+/// Cloning is cheap and shares the report: keep a clone to read it while the layer owns
+/// the other.
+#[derive(Clone)]
+pub struct Diff {
+    engine: Arc<DiffEngine>,
+}
+
+impl Diff {
+    /// A comparison by `options`.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidOption`] for a zero report bound, an invalid header name in
+    /// `ignore_headers`, or a pattern in `ignore_fields` that does not start with `/`.
+    pub fn new(options: DiffOptions) -> Result<Self, ConfigError> {
+        DiffEngine::new(options).map(|engine| Self {
+            engine: Arc::new(engine),
+        })
+    }
+
+    /// The comparisons so far, per compared target and route.
+    pub fn report(&self) -> DiffReport {
+        self.engine.aggregator.snapshot()
+    }
+}
+
+impl fmt::Debug for Diff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Diff").finish_non_exhaustive()
+    }
+}
+
+/// Checks the roles: each target is compared or the baseline, not both; at most one
+/// baseline, and only with a compared target.
+impl Observer for Diff {
+    fn check(&self, targets: &[Target]) -> Result<(), ConfigError> {
+        let invalid = |reason| ConfigError::InvalidOption {
+            option: "targets",
+            reason,
+        };
+        if let Some(both) = targets.iter().find(|t| t.compare && t.baseline) {
+            return Err(ConfigError::InvalidTarget {
+                url: both.url.clone(),
+                reason: "a target is either compared or the baseline, not both".to_owned(),
+            });
+        }
+        let compared = targets.iter().filter(|t| t.compare).count();
+        let baselines = targets.iter().filter(|t| t.baseline).count();
+        if baselines > 1 {
+            return Err(invalid("at most one target can be the baseline"));
+        }
+        if baselines == 1 && compared == 0 {
+            return Err(invalid("a baseline needs at least one compared target"));
+        }
+        Ok(())
+    }
+
+    fn observe(
+        &self,
+        request: &RequestHead<'_>,
+        targets: &[&Target],
+    ) -> Option<Arc<dyn Observation>> {
+        if !targets.iter().any(|t| t.compare) {
+            return None;
+        }
+        Some(DiffCell::new(
+            Arc::clone(&self.engine),
+            request.method(),
+            request.uri(),
+        ))
+    }
+}
+
+/// Everything comparisons share: rules and the report.
+struct DiffEngine {
     rules: Rules,
     max_body_bytes: usize,
     on_comparison: Option<ComparisonCallback>,
-    roles: Box<[Option<Role>]>,
-    urls: Box<[String]>,
     aggregator: Aggregator,
 }
 
 impl DiffEngine {
-    /// The engine for `targets`, or `None` when no target is compared.
-    pub(crate) fn new(
-        options: DiffOptions,
-        targets: &[Target],
-    ) -> Result<Option<Self>, ConfigError> {
+    fn new(options: DiffOptions) -> Result<Self, ConfigError> {
         let invalid = |option, reason| ConfigError::InvalidOption { option, reason };
-        let roles: Box<[Option<Role>]> = targets
-            .iter()
-            .map(|t| match (t.compare, t.baseline) {
-                (true, true) => Err(ConfigError::InvalidTarget {
-                    url: t.url.clone(),
-                    reason: "a target is either compared or the baseline, not both".to_owned(),
-                }),
-                (true, false) => Ok(Some(Role::Compared)),
-                (false, true) => Ok(Some(Role::Baseline)),
-                (false, false) => Ok(None),
-            })
-            .collect::<Result<_, _>>()?;
-        let compared = roles.iter().filter(|r| **r == Some(Role::Compared)).count();
-        let baselines = roles.iter().filter(|r| **r == Some(Role::Baseline)).count();
-        if baselines > 1 {
-            return Err(invalid("targets", "at most one target can be the baseline"));
-        }
-        if compared == 0 {
-            return if baselines == 0 {
-                Ok(None)
-            } else {
-                Err(invalid(
-                    "targets",
-                    "a baseline needs at least one compared target",
-                ))
-            };
-        }
         if options.max_routes == 0 || options.max_fields == 0 {
             return Err(invalid(
                 "diff",
@@ -316,80 +421,60 @@ impl DiffEngine {
                 ))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Some(Self {
+        Ok(Self {
             rules: Rules {
                 ignore_headers,
                 ignore_fields,
             },
             max_body_bytes: options.max_body_bytes,
             on_comparison: options.on_comparison,
-            roles,
-            urls: targets.iter().map(|t| t.url.clone()).collect(),
             aggregator: Aggregator::new(Limits {
                 routes: options.max_routes,
                 fields: options.max_fields,
                 examples: options.max_examples,
             }),
-        }))
+        })
     }
 
-    /// Bytes of a response body kept for comparison.
-    pub(crate) fn max_body_bytes(&self) -> usize {
-        self.max_body_bytes
-    }
-
-    /// True when the target at `index` is compared or the baseline.
-    pub(crate) fn takes_part(&self, index: usize) -> bool {
-        self.roles.get(index).is_some_and(Option::is_some)
-    }
-
-    pub(crate) fn report(&self) -> DiffReport {
-        let urls: Vec<&str> = self.urls.iter().map(String::as_str).collect();
-        self.aggregator.snapshot(&urls)
-    }
-
-    fn evaluate(&self, request: &RequestInfo, primary: &Side, shadows: &[(usize, Side)]) {
-        let baseline = shadows
-            .iter()
-            .find(|(index, _)| self.roles[*index] == Some(Role::Baseline));
+    fn evaluate(&self, request: &RequestInfo, primary: &Side, shadows: &[Shadow]) {
+        let baseline = shadows.iter().find(|s| s.role == Role::Baseline);
         let noise_now = match baseline {
-            Some((_, side)) => {
-                let (found, _) = compare::compare(&primary.response, &side.response, &self.rules);
+            Some(shadow) => {
+                let (found, _) =
+                    compare::compare(&primary.response, &shadow.side.response, &self.rules);
                 self.aggregator.learn_noise(&request.route, &found)
             }
             None => Default::default(),
         };
-        for (index, shadow) in shadows {
-            if self.roles[*index] != Some(Role::Compared) {
-                continue;
-            }
+        for shadow in shadows.iter().filter(|s| s.role == Role::Compared) {
+            let side = &shadow.side;
             let (found, body_compared) =
-                compare::compare(&primary.response, &shadow.response, &self.rules);
+                compare::compare(&primary.response, &side.response, &self.rules);
             let (differences, noise) = self.aggregator.split(&request.route, found, &noise_now);
             let uri = request.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            self.aggregator.record(Observation {
-                target: *index,
+            self.aggregator.record(Observation_ {
+                target: &shadow.name,
                 route: &request.route,
                 uri,
                 regressions: &differences,
                 noise: &noise,
                 body_compared,
                 primary_latency: primary.latency,
-                shadow_latency: shadow.latency,
+                shadow_latency: side.latency,
             });
             if let Some(callback) = &self.on_comparison {
                 let comparison = Comparison {
-                    target: self.urls[*index].clone(),
+                    target: shadow.name.clone(),
                     route: request.route.clone(),
                     method: request.method.clone(),
                     uri: request.uri.clone(),
                     primary_status: primary.response.status,
-                    shadow_status: shadow.response.status,
+                    shadow_status: side.response.status,
                     differences,
                     noise,
                     body_compared,
                     primary_latency: primary.latency,
-                    shadow_latency: shadow.latency,
+                    shadow_latency: side.latency,
                 };
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     callback(&comparison)
@@ -397,6 +482,13 @@ impl DiffEngine {
             }
         }
     }
+}
+
+/// One shadow's response, with the target's name and role.
+struct Shadow {
+    name: String,
+    role: Role,
+    side: Side,
 }
 
 struct RequestInfo {
@@ -414,20 +506,19 @@ struct Side {
 #[derive(Default)]
 struct Slots {
     primary: Option<PendingSide>,
-    shadows: Vec<(usize, Side)>,
+    shadows: Vec<Shadow>,
 }
 
 /// One request's responses, gathered as they complete. Compared when the last holder —
 /// the primary's response body, or a mirror task — lets go of it.
-pub(crate) struct DiffCell {
+struct DiffCell {
     engine: Arc<DiffEngine>,
     request: Option<RequestInfo>,
-    started: Instant,
     slots: Mutex<Slots>,
 }
 
 impl DiffCell {
-    pub(crate) fn new(engine: Arc<DiffEngine>, method: &Method, uri: &Uri) -> Arc<Self> {
+    fn new(engine: Arc<DiffEngine>, method: &Method, uri: &Uri) -> Arc<Self> {
         Arc::new(Self {
             request: Some(RequestInfo {
                 route: route::route(method, uri.path()),
@@ -435,44 +526,56 @@ impl DiffCell {
                 uri: uri.clone(),
             }),
             engine,
-            started: Instant::now(),
             slots: Mutex::default(),
         })
-    }
-
-    pub(crate) fn engine(&self) -> &DiffEngine {
-        &self.engine
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
 
-    /// The time since the request reached the layer.
-    pub(crate) fn elapsed(&self) -> Duration {
-        self.started.elapsed()
+impl Observation for DiffCell {
+    fn body_limit(&self) -> usize {
+        self.engine.max_body_bytes
+    }
+
+    fn wants(&self, target: &Target) -> bool {
+        role(target).is_some()
+    }
+
+    fn shadow(&self, target: &Target, response: &MirrorResponse, complete: bool) {
+        let Some(role) = role(target) else {
+            return;
+        };
+        self.slots().shadows.push(Shadow {
+            name: target.name().to_owned(),
+            role,
+            side: Side {
+                response: Captured {
+                    status: response.status(),
+                    headers: response.headers().clone(),
+                    body: response.body().clone(),
+                    complete,
+                },
+                latency: response.latency(),
+            },
+        });
     }
 
     /// The primary's response, complete (or cut at the cap). Its body chunks are joined
     /// later, off the request path.
-    pub(crate) fn primary(
-        &self,
-        status: StatusCode,
-        headers: HeaderMap,
-        chunks: Vec<Bytes>,
-        complete: bool,
-        latency: Duration,
-    ) {
-        let body = match <[Bytes; 1]>::try_from(chunks) {
+    fn primary(&self, response: PrimaryResponse) {
+        let body = match <[Bytes; 1]>::try_from(response.body) {
             Ok([single]) => Body::Joined(single),
             Err(chunks) => Body::Chunks(chunks),
         };
         self.slots().primary = Some(PendingSide {
-            status,
-            headers,
+            status: response.status,
+            headers: response.headers,
             body,
-            complete,
-            latency,
+            complete: response.complete,
+            latency: response.latency,
         });
     }
 }
@@ -512,32 +615,6 @@ impl PendingSide {
             },
             latency: self.latency,
         }
-    }
-}
-
-impl DiffCell {
-    /// A shadow's response, complete (or cut at the cap).
-    pub(crate) fn shadow(
-        &self,
-        index: usize,
-        status: StatusCode,
-        headers: HeaderMap,
-        body: Bytes,
-        complete: bool,
-        latency: Duration,
-    ) {
-        self.slots().shadows.push((
-            index,
-            Side {
-                response: Captured {
-                    status,
-                    headers,
-                    body,
-                    complete,
-                },
-                latency,
-            },
-        ));
     }
 }
 

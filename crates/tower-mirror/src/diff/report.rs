@@ -84,7 +84,7 @@ struct RouteAgg {
 
 #[derive(Debug, Default)]
 struct State {
-    routes: HashMap<(usize, String), RouteAgg>,
+    routes: HashMap<(String, String), RouteAgg>,
     untracked_routes: u64,
     /// Per route, fields the baseline showed to differ from the primary anyway.
     noise: HashMap<String, HashSet<FieldKey>>,
@@ -92,7 +92,7 @@ struct State {
 
 /// One comparison, as the aggregator takes it.
 pub(crate) struct Observation<'a> {
-    pub(crate) target: usize,
+    pub(crate) target: &'a str,
     pub(crate) route: &'a str,
     pub(crate) uri: &'a str,
     pub(crate) regressions: &'a [Difference],
@@ -162,7 +162,7 @@ impl Aggregator {
     pub(crate) fn record(&self, seen: Observation<'_>) {
         let limits = self.limits;
         let mut state = self.lock();
-        let id = (seen.target, seen.route.to_owned());
+        let id = (seen.target.to_owned(), seen.route.to_owned());
         if !state.routes.contains_key(&id) && state.routes.len() >= limits.routes {
             state.untracked_routes += 1;
             return;
@@ -214,7 +214,7 @@ impl Aggregator {
     }
 
     /// The report, routes sorted by divergence, fields by how often they differ.
-    pub(crate) fn snapshot(&self, urls: &[&str]) -> DiffReport {
+    pub(crate) fn snapshot(&self) -> DiffReport {
         let state = self.lock();
         let mut routes: Vec<RouteDiff> = state
             .routes
@@ -235,7 +235,7 @@ impl Aggregator {
                     (b.differing, b.noise, &a.path).cmp(&(a.differing, a.noise, &b.path))
                 });
                 RouteDiff {
-                    target: urls.get(*target).copied().unwrap_or_default().to_owned(),
+                    target: target.clone(),
                     route: route.clone(),
                     compared: agg.compared,
                     equal: agg.equal,
@@ -278,7 +278,7 @@ pub struct DiffReport {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct RouteDiff {
-    /// The compared target's URL as configured.
+    /// The compared target's name.
     pub target: String,
     /// Method and path with identifiers folded: `GET /users/{id}`.
     pub route: String,

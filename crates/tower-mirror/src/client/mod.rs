@@ -1,9 +1,11 @@
-//! Sending mirrored requests: the [`Sender`] trait and the default [`HttpSender`].
+//! Sending mirrored requests: the [`Sender`] trait and the default [`HttpSender`], and the
+//! TLS client set-up ([`tls`]) that mirror-proxy's upstream client shares.
+
+pub mod tls;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -68,23 +70,13 @@ impl HttpSender {
 
     /// A sender that trusts the Mozilla root certificates.
     pub fn new() -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        Self::with_root_certificates(roots)
+        Self::with_root_certificates(tls::webpki_roots())
     }
 
     /// A sender that trusts exactly the given root certificates, such as a private CA that
     /// signs a staging environment's certificates.
     pub fn with_root_certificates(roots: rustls::RootCertStore) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        // An explicit provider, so that another crate enabling a second one cannot make
-        // rustls's process-wide default ambiguous.
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the protocol versions rustls considers safe")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Self::with_tls_config(config)
+        Self::with_tls_config(tls::client_config(roots))
     }
 
     /// **Dangerous:** a sender that accepts any certificate from `https` targets — expired,
@@ -92,28 +84,14 @@ impl HttpSender {
     /// mirrored traffic. Only for test environments whose certificates cannot be fixed; log
     /// that it is on (mirror-proxy warns at start-up).
     pub fn dangerous_accept_invalid_certificates() -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the protocol versions rustls considers safe")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-            .with_no_client_auth();
-        Self::with_tls_config(config)
+        Self::with_tls_config(tls::dangerous_client_config())
     }
 
     /// A sender using the given rustls configuration for `https` targets (for client
     /// certificates, custom verification, or a different crypto provider). Its ALPN protocols
     /// are replaced by `h2` and `http/1.1`.
     pub fn with_tls_config(config: rustls::ClientConfig) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(config)
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
+        let https = tls::connector(config);
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(Self::POOL_IDLE_TIMEOUT)
@@ -125,55 +103,6 @@ impl HttpSender {
             client,
             http2_client,
         }
-    }
-}
-
-/// The verifier behind [`HttpSender::dangerous_accept_invalid_certificates`].
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        certificate: &rustls::pki_types::CertificateDer<'_>,
-        signature: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            certificate,
-            signature,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        certificate: &rustls::pki_types::CertificateDer<'_>,
-        signature: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            certificate,
-            signature,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -1,12 +1,14 @@
 //! The mirrored request: what is kept of the original, and how a target's copy is built from it.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::borrow::Cow;
 use std::sync::Arc;
 
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
+use super::hop;
+use super::uri::BaseUrl;
 use crate::body::MirrorBody;
-use crate::target::CompiledTarget;
 
 /// The header every mirrored request carries: the original request's host, as received.
 pub const X_MIRRORED_FROM: HeaderName = HeaderName::from_static("x-mirrored-from");
@@ -30,7 +32,7 @@ impl RequestSnapshot {
     pub(crate) fn capture<B>(request: &Request<B>) -> Self {
         let original = request.headers();
         let named_by_connection = if original.contains_key(header::CONNECTION) {
-            connection_options(original)
+            hop::connection_options(original)
         } else {
             Vec::new()
         };
@@ -45,54 +47,23 @@ impl RequestSnapshot {
             mirrored_from: original_host(request.uri(), original),
             had_body_framing: original.contains_key(header::CONTENT_LENGTH)
                 || original.contains_key(header::TRANSFER_ENCODING),
-            asks_for_trailers: asks_for_trailers(original),
+            asks_for_trailers: hop::asks_for_trailers(original),
             uri: request.uri().clone(),
             headers,
         }
     }
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those the
-/// mirror replaces with its own (`Host`, `Content-Length`, `X-Mirrored-From`) and `Expect`,
-/// whose `100-continue` handshake belongs to the original client. A target's header rules
-/// may not name them either.
+/// Headers a mirror never copies from the original: the hop-by-hop ones
+/// ([`hop::HOP_BY_HOP`]), those the mirror replaces with its own (`Host`, `Content-Length`,
+/// `X-Mirrored-From`), and `Expect`, whose `100-continue` handshake belongs to the original
+/// client. A target's header rules may not name them either.
 pub(crate) fn is_reserved(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "expect"
-            | "host"
-            | "content-length"
-            | "x-mirrored-from"
-    )
-}
-
-/// The comma-separated tokens of every `name` header, trimmed. Bytes, not text: a value
-/// with one non-ASCII byte must still name its other tokens.
-fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-}
-
-/// The header names listed in `Connection`, which are hop-by-hop too.
-fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
-    tokens(headers, &header::CONNECTION)
-        .filter_map(|token| HeaderName::from_bytes(token).ok())
-        .collect()
-}
-
-fn asks_for_trailers(headers: &HeaderMap) -> bool {
-    tokens(headers, &header::TE).any(|token| token.eq_ignore_ascii_case(b"trailers"))
+    hop::is_hop_by_hop(name)
+        || matches!(
+            name.as_str(),
+            "expect" | "host" | "content-length" | "x-mirrored-from"
+        )
 }
 
 /// The host the original request was sent to: the request target's authority when it has
@@ -112,17 +83,34 @@ fn original_host(uri: &Uri, headers: &HeaderMap) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from_static(""))
 }
 
+/// How one target's copies are made: its base URL, transport and header rules, already
+/// checked.
+#[derive(Debug)]
+pub(crate) struct TargetRules {
+    pub(crate) base: BaseUrl,
+    pub(crate) http2: bool,
+    pub(crate) strip_headers: Vec<HeaderName>,
+    pub(crate) set_headers: Vec<(HeaderName, HeaderValue)>,
+    /// A regular expression and its replacement, applied to the path before the join.
+    pub(crate) rewrite_path: Option<(regex::Regex, String)>,
+}
+
 /// Builds the mirrored request for `target`: HTTP/2 when it asks for it, else HTTP/1.1; its
-/// header rules applied.
+/// path rewritten and its header rules applied.
 ///
-/// `None` when the original request target cannot be joined (see [`Base::join`]).
+/// `None` when the original request target cannot be joined (see [`BaseUrl::join`]), or the
+/// rewritten path is not an absolute path.
 pub(crate) fn build(
     snapshot: Arc<RequestSnapshot>,
-    target: &CompiledTarget,
+    target: &TargetRules,
     body: MirrorBody,
 ) -> Option<Request<MirrorBody>> {
     let http2 = target.http2;
-    let uri = target.base.join(&snapshot.uri)?;
+    let path = match &target.rewrite_path {
+        Some((from, to)) => from.replace(snapshot.uri.path(), to.as_str()),
+        None => Cow::Borrowed(snapshot.uri.path()),
+    };
+    let uri = target.base.join_path(&path, snapshot.uri.query())?;
     let method = snapshot.method.clone();
     let mirrored_from = snapshot.mirrored_from.clone();
     let had_body_framing = snapshot.had_body_framing;
@@ -171,7 +159,8 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    use crate::target::Target;
+    use crate::config::Target;
+    use crate::plan::compile_rules;
 
     fn mirror_of(request: Request<()>, base: &str, body: MirrorBody) -> Request<MirrorBody> {
         mirror_to(request, Target::new(base), body)
@@ -179,7 +168,7 @@ mod tests {
 
     fn mirror_to(request: Request<()>, target: Target, body: MirrorBody) -> Request<MirrorBody> {
         let snapshot = Arc::new(RequestSnapshot::capture(&request));
-        build(snapshot, &CompiledTarget::compile(&target).unwrap(), body).unwrap()
+        build(snapshot, &compile_rules(&target).unwrap(), body).unwrap()
     }
 
     #[test]

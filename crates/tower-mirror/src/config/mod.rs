@@ -1,18 +1,26 @@
-//! Options: everything a [`MirrorLayer`](crate::MirrorLayer) can be told.
+//! The configuration: [`Options`] for the layer and [`Target`]s, as the user writes them.
+//! The layer checks and compiles them into its plan (`crate::plan`).
+
+mod target;
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub(crate) use target::FilterSpec;
+pub use target::{KeyFn, RateLimit, SampleKey, Target, percentage};
+
 use crate::client::Sender;
 use crate::error::MirrorError;
+use crate::observe::Observer;
 use crate::response::MirrorResponse;
-use crate::target::Target;
 
-/// Called with the target's URL as configured and the error, when a mirror gets no response.
+/// Called with the target's name ([`Target::name`], by default its URL as configured) and
+/// the error, when a mirror gets no response.
 pub type ErrorCallback = Arc<dyn Fn(&str, &MirrorError) + Send + Sync>;
 
-/// Called with the target's URL as configured and the response, when a mirror gets one.
+/// Called with the target's name ([`Target::name`], by default its URL as configured) and
+/// the response, when a mirror gets one.
 ///
 /// Any HTTP status counts as a response, 3xx, 4xx and 5xx included: redirects are never
 /// followed.
@@ -59,7 +67,7 @@ pub enum Mode {
 /// ```
 #[derive(Clone)]
 pub struct Options {
-    /// Where to mirror requests. At least one, at most 64.
+    /// Where to mirror requests. At least one; their names ([`Target::name`]) are unique.
     pub targets: Vec<Target>,
     /// The longest one mirror exchange may take: connecting, sending the request, receiving the
     /// response head and draining its body. Default 5 s; zero is a configuration error.
@@ -91,10 +99,9 @@ pub struct Options {
     pub on_error: Option<ErrorCallback>,
     /// Called when a mirror gets a response, whatever its status.
     pub on_success: Option<SuccessCallback>,
-    /// How targets marked with [`Target::with_comparison`] are compared with the primary
-    /// (feature `diff`).
-    #[cfg(feature = "diff")]
-    pub diff: crate::diff::DiffOptions,
+    /// Observers of mirrored requests and their responses, such as the shadow diffing of
+    /// feature `diff` (`tower_mirror::diff::Diff`). Default none.
+    pub observers: Vec<Arc<dyn Observer>>,
     /// How mirrored requests are sent. Default `None`: an [`HttpSender`](crate::HttpSender)
     /// with pooled connections, HTTP/1.1 and HTTP/2, and rustls with verified certificates.
     pub sender: Option<Arc<dyn Sender>>,
@@ -125,8 +132,7 @@ impl Default for Options {
             capture_response_body: 0,
             on_error: None,
             on_success: None,
-            #[cfg(feature = "diff")]
-            diff: crate::diff::DiffOptions::default(),
+            observers: Vec::new(),
             sender: None,
         }
     }
@@ -146,9 +152,9 @@ impl fmt::Debug for Options {
             .field("loop_guard", &self.loop_guard)
             .field("capture_response_body", &self.capture_response_body)
             .field("on_error", &self.on_error.is_some())
-            .field("on_success", &self.on_success.is_some());
-        #[cfg(feature = "diff")]
-        debug.field("diff", &self.diff);
-        debug.field("sender", &self.sender.is_some()).finish()
+            .field("on_success", &self.on_success.is_some())
+            .field("observers", &self.observers.len())
+            .field("sender", &self.sender.is_some())
+            .finish()
     }
 }

@@ -1,0 +1,121 @@
+//! Dispatch: the mirrors decided for one request, sent once its body is known — one task per
+//! chosen target, each holding its target and the plan it started under.
+
+mod exchange;
+mod task;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::body::{BodySink, MirrorBody, Payload};
+use crate::control::Tracker;
+use crate::observe::Observation;
+use crate::outbound::request::RequestSnapshot;
+use crate::plan::{Plan, TargetRuntime};
+use crate::stats::SkipReason;
+
+use task::{InFlight, mirror_one};
+
+/// Mirrors decided for one request, waiting for its body.
+pub(crate) struct PendingMirror {
+    plan: Arc<Plan>,
+    tracker: Arc<Tracker>,
+    targets: Vec<Arc<TargetRuntime>>,
+    snapshot: Arc<RequestSnapshot>,
+    observations: Vec<Arc<dyn Observation>>,
+}
+
+impl PendingMirror {
+    pub(crate) fn new(
+        plan: Arc<Plan>,
+        tracker: Arc<Tracker>,
+        targets: Vec<Arc<TargetRuntime>>,
+        snapshot: RequestSnapshot,
+        observations: Vec<Arc<dyn Observation>>,
+    ) -> Self {
+        Self {
+            plan,
+            tracker,
+            targets,
+            snapshot: Arc::new(snapshot),
+            observations,
+        }
+    }
+
+    /// Counts every chosen target as skipped.
+    pub(crate) fn skip(self, reason: SkipReason) {
+        for target in &self.targets {
+            target.counters.skip(reason);
+        }
+    }
+
+    /// Sends the mirrors in the background, one task per chosen target that still has room.
+    pub(crate) fn send(self, payload: Option<Arc<Payload>>) {
+        self.spawn_each(payload, drop);
+    }
+
+    /// Like [`send`](Self::send), returning the tasks so that a sync-mode request can wait
+    /// for them.
+    pub(crate) fn send_and_track(self, payload: Option<Arc<Payload>>) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        self.spawn_each(payload, |task| tasks.push(task));
+        tasks
+    }
+
+    fn spawn_each(self, payload: Option<Arc<Payload>>, mut spawned: impl FnMut(JoinHandle<()>)) {
+        let Some(runtime) = runtime() else {
+            self.skip(SkipReason::NoRuntime);
+            return;
+        };
+        for target in &self.targets {
+            let counters = &target.counters;
+            let Some(slot) = InFlight::acquire(target, &self.tracker) else {
+                counters
+                    .dropped_overload
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            };
+            counters
+                .sent
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let body = payload
+                .clone()
+                .map_or_else(MirrorBody::empty, MirrorBody::from_payload);
+            let observations = self
+                .observations
+                .iter()
+                .filter(|o| o.wants(&target.spec))
+                .cloned()
+                .collect();
+            spawned(runtime.spawn(mirror_one(
+                slot,
+                Arc::clone(&self.plan),
+                Arc::clone(&self.snapshot),
+                body,
+                observations,
+            )));
+        }
+    }
+}
+
+impl BodySink for PendingMirror {
+    fn complete(self: Box<Self>, payload: Arc<Payload>) {
+        self.send(Some(payload));
+    }
+
+    fn abandon(self: Box<Self>, reason: SkipReason) {
+        self.skip(reason);
+    }
+}
+
+/// The Tokio runtime to send mirrors on, if one is running and has its time driver (each
+/// mirror's timeout needs it). Never panics: without them, mirrors are skipped and counted.
+pub(crate) fn runtime() -> Option<tokio::runtime::Handle> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    // Tokio offers no query for the time driver; creating a timer is the test, and it panics
+    // (reported by the panic hook) only on a runtime built without `enable_time`.
+    let timers = std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO)));
+    timers.is_ok().then_some(handle)
+}

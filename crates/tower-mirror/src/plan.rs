@@ -1,0 +1,326 @@
+//! The plan: [`Options`] checked and compiled into what the request path runs, with one
+//! `Arc`'d runtime object per named target. Built once per configuration; requests load it
+//! from the layer's [`Control`](crate::control::Control), and mirrors in flight keep the
+//! plan they started with.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+
+use crate::admit::{Admission, Filter, Limits, RateLimiter, Sampler};
+use crate::body::ByteBudget;
+use crate::client::{HttpSender, Sender};
+use crate::config::{ErrorCallback, Mode, Options, SuccessCallback, Target};
+use crate::error::ConfigError;
+use crate::observe::Observer;
+use crate::outbound::BaseUrl;
+use crate::outbound::request::{TargetRules, is_reserved};
+use crate::stats::{MirrorStats, TargetCounters};
+
+/// A compiled configuration.
+pub(crate) struct Plan {
+    pub(crate) targets: Box<[Arc<TargetRuntime>]>,
+    pub(crate) timeout: Duration,
+    pub(crate) mode: Mode,
+    pub(crate) copy_body: bool,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) loop_guard: bool,
+    pub(crate) capture_response_body: usize,
+    pub(crate) budget: Arc<ByteBudget>,
+    pub(crate) on_error: Option<ErrorCallback>,
+    pub(crate) on_success: Option<SuccessCallback>,
+    pub(crate) observers: Box<[Arc<dyn Observer>]>,
+}
+
+/// One target, as the request path and its mirror tasks use it.
+pub(crate) struct TargetRuntime {
+    /// As configured; its [`Target::name`] names it everywhere.
+    pub(crate) spec: Target,
+    pub(crate) admission: Admission,
+    pub(crate) rules: TargetRules,
+    pub(crate) counters: TargetCounters,
+    pub(crate) client: Arc<dyn Sender>,
+}
+
+impl TargetRuntime {
+    pub(crate) fn name(&self) -> &str {
+        self.spec.name()
+    }
+}
+
+impl Plan {
+    /// Checks and compiles `options`.
+    pub(crate) fn compile(options: Options) -> Result<Self, ConfigError> {
+        if options.targets.is_empty() {
+            return Err(ConfigError::NoTargets);
+        }
+        if options.timeout.is_zero() {
+            return Err(ConfigError::InvalidOption {
+                option: "timeout",
+                reason: "must be greater than zero",
+            });
+        }
+        if options.max_in_flight == 0 {
+            return Err(ConfigError::InvalidOption {
+                option: "max_in_flight",
+                reason: "must be at least 1",
+            });
+        }
+        let mut names = HashSet::new();
+        for target in &options.targets {
+            if !names.insert(target.name()) {
+                return Err(ConfigError::DuplicateName {
+                    name: target.name().to_owned(),
+                });
+            }
+        }
+        for observer in &options.observers {
+            observer.check(&options.targets)?;
+        }
+        let client = options
+            .sender
+            .unwrap_or_else(|| Arc::new(HttpSender::new()));
+        let max_in_flight = options.max_in_flight;
+        let targets = options
+            .targets
+            .into_iter()
+            .map(|spec| {
+                let runtime = TargetRuntime {
+                    admission: compile_admission(&spec, max_in_flight)?,
+                    rules: compile_rules(&spec)?,
+                    counters: TargetCounters::default(),
+                    client: Arc::clone(&client),
+                    spec,
+                };
+                Ok(Arc::new(runtime))
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        Ok(Self {
+            targets,
+            timeout: options.timeout,
+            mode: options.mode,
+            copy_body: options.copy_body,
+            max_body_bytes: options.max_body_bytes,
+            loop_guard: options.loop_guard,
+            capture_response_body: options.capture_response_body,
+            budget: ByteBudget::new(options.max_buffered_bytes),
+            on_error: options.on_error,
+            on_success: options.on_success,
+            observers: options.observers.into(),
+        })
+    }
+
+    /// A snapshot of every target's counters; `not_mirrored` is the caller's.
+    pub(crate) fn stats(&self, not_mirrored: crate::stats::NotMirroredStats) -> MirrorStats {
+        MirrorStats {
+            targets: self
+                .targets
+                .iter()
+                .map(|t| t.counters.snapshot(t.name(), &t.spec.url))
+                .collect(),
+            not_mirrored,
+            buffered_bytes: self.budget.used(),
+        }
+    }
+}
+
+fn setting_error(target: &Target) -> impl Fn((&'static str, String)) -> ConfigError + '_ {
+    |(setting, reason)| ConfigError::InvalidSetting {
+        target: target.name().to_owned(),
+        setting,
+        reason,
+    }
+}
+
+/// The target's filter, sampler and limits.
+fn compile_admission(target: &Target, max_in_flight: usize) -> Result<Admission, ConfigError> {
+    let invalid = setting_error(target);
+    if target.percentage > 100 {
+        return Err(ConfigError::PercentageOutOfRange {
+            url: target.url.clone(),
+            percentage: target.percentage,
+        });
+    }
+    let filter = Filter::compile(&target.filter).map_err(&invalid)?;
+    let sampler = match &target.sample_by {
+        Some(key) => {
+            Sampler::by_key(target.percentage, key).map_err(|r| invalid(("sample_by", r)))?
+        }
+        None => Sampler::new(target.percentage),
+    };
+    let rate = match target.rate_limit {
+        Some(limit) => Some(RateLimiter::new(limit).ok_or_else(|| {
+            invalid((
+                "rate",
+                "must be at least 1 mirror per a non-zero period".to_owned(),
+            ))
+        })?),
+        None => None,
+    };
+    Ok(Admission {
+        filter,
+        sampler,
+        limits: Limits::new(max_in_flight, rate),
+    })
+}
+
+/// The target's base URL, transport, path rewrite and header rules, checked.
+pub(crate) fn compile_rules(target: &Target) -> Result<TargetRules, ConfigError> {
+    let invalid = |reason: String| ConfigError::InvalidTarget {
+        url: target.url.clone(),
+        reason,
+    };
+    let header_name = |name: &str, rule: &str| {
+        let parsed = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| invalid(format!("{rule} {name:?} is not a valid header name")))?;
+        if is_reserved(&parsed) {
+            return Err(invalid(format!(
+                "{rule} {name:?}: the mirror manages this header itself"
+            )));
+        }
+        Ok(parsed)
+    };
+    let strip_headers = target
+        .strip_headers
+        .iter()
+        .map(|name| header_name(name, "strip_headers"))
+        .collect::<Result<_, _>>()?;
+    let set_headers = target
+        .set_headers
+        .iter()
+        .map(|(name, value)| {
+            let name = header_name(name, "set_headers")?;
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                invalid(format!(
+                    "set_headers {name}: {value:?} is not a valid header value"
+                ))
+            })?;
+            Ok((name, value))
+        })
+        .collect::<Result<_, _>>()?;
+    let rewrite_path = match &target.rewrite_path {
+        Some((from, to)) => {
+            let regex = regex::Regex::new(from).map_err(|e| {
+                let reason = e.to_string();
+                let last = reason.lines().last().unwrap_or("invalid").trim();
+                setting_error(target)((
+                    "rewrite_path",
+                    format!("{from:?} is not a valid regular expression: {last}"),
+                ))
+            })?;
+            Some((regex, to.clone()))
+        }
+        None => None,
+    };
+    Ok(TargetRules {
+        base: BaseUrl::parse(&target.url).map_err(|e| invalid(e.to_string()))?,
+        http2: target.http2,
+        strip_headers,
+        set_headers,
+        rewrite_path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_rules_are_checked() {
+        let ok = Target::new("http://h")
+            .strip_header("Authorization")
+            .set_header("x-shadow", "1");
+        let compiled = compile_rules(&ok).unwrap();
+        assert_eq!(compiled.strip_headers, ["authorization"]);
+        assert_eq!(compiled.set_headers[0].0, "x-shadow");
+        let cases = [
+            (
+                Target::new("http://h").strip_header("bad name"),
+                "not a valid header name",
+            ),
+            (
+                Target::new("http://h").set_header("x-ok", "bad\nvalue"),
+                "not a valid header value",
+            ),
+            (
+                Target::new("http://h").set_header("Host", "evil"),
+                "manages this header",
+            ),
+            (
+                Target::new("http://h").strip_header("x-mirrored-from"),
+                "manages this header",
+            ),
+            (
+                Target::new("http://h").set_header("proxy-authorization", "x"),
+                "manages this header",
+            ),
+            (
+                Target::new("http://h").set_header("content-length", "1"),
+                "manages this header",
+            ),
+        ];
+        for (target, expected) in cases {
+            let text = compile_rules(&target).unwrap_err().to_string();
+            assert!(
+                text.contains(expected) && text.contains("\"http://h\""),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_settings_name_the_target_and_the_setting() {
+        let compile = |target: Target| {
+            Plan::compile(Options {
+                targets: vec![target],
+                ..Options::default()
+            })
+            .err()
+            .map(|e| e.to_string())
+        };
+        let base = || Target::new("http://h").with_name("staging");
+        let cases = [
+            (base().path_regex("("), "path_regex"),
+            (base().rewrite_path("[", "/"), "rewrite_path"),
+            (
+                base().sample_by(crate::SampleKey::header("bad name")),
+                "sample_by",
+            ),
+            (base().rate_limit(crate::RateLimit::per_second(0)), "rate"),
+            (base().path_prefix("api"), "paths"),
+        ];
+        for (target, setting) in cases {
+            let text = compile(target).expect("an error");
+            assert!(
+                text.contains("\"staging\"") && text.contains(setting) && !text.contains('\n'),
+                "{text}"
+            );
+        }
+        let twice = Plan::compile(Options {
+            targets: vec![
+                Target::new("http://a"),
+                Target::new("http://b").with_name("http://a"),
+            ],
+            ..Options::default()
+        });
+        assert_eq!(
+            twice.err(),
+            Some(ConfigError::DuplicateName {
+                name: "http://a".into()
+            })
+        );
+        // Same URL, two names: fine (two filters on one shadow, say).
+        assert!(
+            Plan::compile(Options {
+                targets: vec![
+                    Target::new("http://a"),
+                    Target::new("http://a").with_name("a2")
+                ],
+                ..Options::default()
+            })
+            .is_ok()
+        );
+    }
+}
