@@ -11,6 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_mirror::MirrorLayer;
+use tower_mirror::diff::Diff;
 
 use crate::telemetry::Telemetry;
 
@@ -18,17 +19,26 @@ use crate::telemetry::Telemetry;
 struct Admin {
     telemetry: Arc<Telemetry>,
     mirror: Option<MirrorLayer>,
+    diff: Option<Diff>,
 }
 
-/// The admin routes.
-pub fn router(telemetry: Arc<Telemetry>, mirror: Option<MirrorLayer>) -> Router {
+/// The admin routes; `diff` when a target is compared.
+pub fn router(
+    telemetry: Arc<Telemetry>,
+    mirror: Option<MirrorLayer>,
+    diff: Option<Diff>,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/stats", get(stats))
         .route("/diff", get(diff_json))
         .route("/diff.html", get(diff_html))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(Admin { telemetry, mirror })
+        .with_state(Admin {
+            telemetry,
+            mirror,
+            diff,
+        })
 }
 
 async fn metrics(State(admin): State<Admin>) -> Response {
@@ -50,12 +60,12 @@ async fn metrics(State(admin): State<Admin>) -> Response {
 }
 
 async fn diff_json(State(admin): State<Admin>) -> Response {
-    let report = admin.mirror.as_ref().and_then(MirrorLayer::diff_report);
+    let report = admin.diff.as_ref().map(Diff::report);
     axum::Json(crate::diff_page::json(report.as_ref())).into_response()
 }
 
 async fn diff_html(State(admin): State<Admin>) -> Response {
-    let report = admin.mirror.as_ref().and_then(MirrorLayer::diff_report);
+    let report = admin.diff.as_ref().map(Diff::report);
     axum::response::Html(crate::diff_page::html(report.as_ref())).into_response()
 }
 

@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use http::Uri;
-use http::uri::Scheme;
 use serde::Deserialize;
-use tower_mirror::{Options, Target};
+use tower_mirror::outbound::BaseUrl;
+use tower_mirror::{Options, RateLimit, SampleKey, Target};
 
 use crate::units::{parse_duration, parse_size};
 
@@ -173,6 +172,8 @@ struct FileConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileMirror {
+    /// Unique; default the URL.
+    name: Option<String>,
     url: String,
     #[serde(default = "all")]
     percentage: u32,
@@ -191,6 +192,103 @@ struct FileMirror {
     /// This target runs the primary's own build: its differences from the primary are noise.
     #[serde(default)]
     baseline: bool,
+    /// `header:NAME`, `cookie:NAME`, `query:NAME` or `client_ip`: sticky sampling by key.
+    sample_by: Option<String>,
+    /// At most this many mirrors: `200/s`, `10/m`, `1000/h`.
+    rate: Option<String>,
+    /// Only these methods.
+    #[serde(default)]
+    methods: Vec<String>,
+    /// Only paths under these prefixes (on segment boundaries).
+    #[serde(default)]
+    paths: Vec<String>,
+    /// Never paths under these prefixes (checked first).
+    #[serde(default)]
+    exclude_paths: Vec<String>,
+    /// Only paths matching this regular expression.
+    path_regex: Option<String>,
+    /// Only requests with these headers, exactly these values.
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    /// `{ from = "^/v1/", to = "/v2/" }`: rewrite the path before joining it onto the URL.
+    rewrite_path: Option<FileRewrite>,
+}
+
+/// A `rewrite_path` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRewrite {
+    from: String,
+    to: String,
+}
+
+/// The methods a `methods` list may name (RFC 9110 §9 and PATCH, RFC 5789).
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+impl FileMirror {
+    /// The library's target; errors name the target and the key.
+    fn into_target(self) -> Result<Target, ConfigError> {
+        let name = self.name.clone().unwrap_or_else(|| self.url.clone());
+        let invalid =
+            |key: &str, reason: String| error(format!("[[mirror]] {name:?}: {key}: {reason}"));
+        let mut target = Target::percentage(self.url, self.percentage);
+        if let Some(name) = self.name {
+            target = target.with_name(name);
+        }
+        if self.http2 {
+            target = target.with_http2();
+        }
+        for name in self.strip_headers {
+            target = target.strip_header(name);
+        }
+        for (name, value) in self.set_headers {
+            target = target.set_header(name, value);
+        }
+        if self.compare {
+            target = target.with_comparison();
+        }
+        if self.baseline {
+            target = target.as_baseline();
+        }
+        if let Some(key) = self.sample_by {
+            let key: SampleKey = key.parse().map_err(|e| invalid("sample_by", e))?;
+            target = target.sample_by(key);
+        }
+        if let Some(rate) = self.rate {
+            let rate: RateLimit = rate.parse().map_err(|e| invalid("rate", e))?;
+            target = target.rate_limit(rate);
+        }
+        let mut methods = Vec::new();
+        for method in &self.methods {
+            let upper = method.to_ascii_uppercase();
+            if !METHODS.contains(&upper.as_str()) {
+                return Err(invalid(
+                    "methods",
+                    format!("{method:?} is not an HTTP method ({})", METHODS.join(", ")),
+                ));
+            }
+            methods.push(http::Method::from_bytes(upper.as_bytes()).expect("a standard method"));
+        }
+        target = target.methods(methods);
+        for prefix in self.paths {
+            target = target.path_prefix(prefix);
+        }
+        for prefix in self.exclude_paths {
+            target = target.exclude_path_prefix(prefix);
+        }
+        if let Some(pattern) = self.path_regex {
+            target = target.path_regex(pattern);
+        }
+        for (header, value) in self.headers {
+            target = target.header_equals(header, value);
+        }
+        if let Some(rewrite) = self.rewrite_path {
+            target = target.rewrite_path(rewrite.from, rewrite.to);
+        }
+        Ok(target)
+    }
 }
 
 /// The `[diff]` table: how compared targets are compared.
@@ -252,35 +350,17 @@ impl<'de> Deserialize<'de> for HumanSize {
 pub struct Upstream {
     /// As configured.
     pub url: String,
-    pub scheme: Scheme,
-    pub authority: http::uri::Authority,
-    /// The path prefix, without its trailing slash.
-    pub prefix: String,
+    /// Parsed; requests are joined onto it by the same rule as mirrors.
+    pub base: BaseUrl,
 }
 
 impl Upstream {
-    fn parse(url: &str) -> Result<Self, ConfigError> {
-        let invalid = |reason: &str| error(format!("--upstream {url:?}: {reason}"));
-        if url.contains('?') || url.contains('#') {
-            return Err(invalid("a base URL cannot have a query or fragment"));
-        }
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| invalid(&format!("not a URL ({e})")))?;
-        let scheme = match uri.scheme() {
-            Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
-            _ => return Err(invalid("use an http:// or https:// URL")),
-        };
-        let authority = uri
-            .authority()
-            .filter(|a| !a.host().is_empty() && !a.as_str().contains('@'))
-            .cloned()
-            .ok_or_else(|| invalid("needs a host (and no user information)"))?;
+    /// Parses `--upstream`.
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let base = BaseUrl::parse(url).map_err(|e| error(format!("--upstream {url:?}: {e}")))?;
         Ok(Self {
             url: url.to_owned(),
-            scheme,
-            authority,
-            prefix: uri.path().trim_end_matches('/').to_owned(),
+            base,
         })
     }
 }
@@ -319,6 +399,13 @@ pub struct MirrorSettings {
 }
 
 impl MirrorSettings {
+    /// True when a target is compared with the primary (so a `Diff` observer is wanted).
+    pub fn compares(&self) -> bool {
+        self.targets.iter().any(Target::is_compared)
+    }
+}
+
+impl MirrorSettings {
     /// The layer's options (callbacks are added by the caller).
     pub fn options(&self) -> Options {
         Options {
@@ -333,7 +420,6 @@ impl MirrorSettings {
             max_body_bytes: self.max_body,
             max_buffered_bytes: self.max_buffered,
             max_in_flight: self.max_in_flight,
-            diff: self.diff.clone(),
             ..Options::default()
         }
     }
@@ -374,26 +460,8 @@ impl Config {
         let targets = if args.mirrors.is_empty() {
             file.mirrors
                 .into_iter()
-                .map(|m| {
-                    let mut target = Target::percentage(m.url, m.percentage);
-                    if m.http2 {
-                        target = target.with_http2();
-                    }
-                    for name in m.strip_headers {
-                        target = target.strip_header(name);
-                    }
-                    for (name, value) in m.set_headers {
-                        target = target.set_header(name, value);
-                    }
-                    if m.compare {
-                        target = target.with_comparison();
-                    }
-                    if m.baseline {
-                        target = target.as_baseline();
-                    }
-                    target
-                })
-                .collect()
+                .map(FileMirror::into_target)
+                .collect::<Result<_, _>>()?
         } else {
             args.mirrors
                 .iter()
@@ -459,12 +527,14 @@ impl Config {
         }
         if !self.mirror.targets.is_empty() {
             // The layer's own checks name the target or option at fault.
-            tower_mirror::MirrorLayer::with_options(self.mirror.options()).map_err(
-                |e| match e {
-                    tower_mirror::ConfigError::InvalidOption { .. } => error(e.to_string()),
-                    _ => error(format!("{targets_from}: {e}")),
-                },
-            )?;
+            let mut options = self.mirror.options();
+            let diff = tower_mirror::diff::Diff::new(self.mirror.diff.clone())
+                .map_err(|e| error(e.to_string()))?;
+            options.observers.push(std::sync::Arc::new(diff));
+            tower_mirror::MirrorLayer::with_options(options).map_err(|e| match e {
+                tower_mirror::ConfigError::InvalidOption { .. } => error(e.to_string()),
+                _ => error(format!("{targets_from}: {e}")),
+            })?;
         }
         Ok(())
     }
@@ -579,7 +649,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(config.upstream.prefix, "/base");
+        assert_eq!(config.upstream.base.prefix(), "/base");
         let targets: Vec<_> = config
             .mirror
             .targets
@@ -614,8 +684,17 @@ mod tests {
             percentage = 50
 
             [[mirror]]
+            name = "grpc"
             url = "http://grpc-shadow:50051"
             http2 = true
+            sample_by = "header:x-user-id"
+            rate = "200/s"
+            methods = ["GET", "head"]
+            paths = ["/api"]
+            exclude_paths = ["/api/health"]
+            path_regex = "^/api/v[0-9]+/"
+            headers = { "x-beta" = "1" }
+            rewrite_path = { from = "^/v1/", to = "/v2/" }
             strip_headers = ["Authorization", "Cookie"]
             set_headers = { "x-shadow" = "1" }
             compare = true
@@ -634,6 +713,7 @@ mod tests {
         assert_eq!(from_file.mirror.targets.len(), 2);
         assert_eq!(from_file.mirror.targets[0].percentage, 50);
         assert!(from_file.mirror.targets[1].http2);
+        assert_eq!(from_file.mirror.targets[1].name(), "grpc");
         assert_eq!(
             from_file.mirror.targets[1].strip_headers,
             ["Authorization", "Cookie"]
@@ -642,7 +722,9 @@ mod tests {
             from_file.mirror.targets[1].set_headers,
             [("x-shadow".to_owned(), "1".to_owned())]
         );
-        assert!(from_file.mirror.targets[1].compare && !from_file.mirror.targets[0].compare);
+        assert!(
+            from_file.mirror.targets[1].is_compared() && !from_file.mirror.targets[0].is_compared()
+        );
         let diff = &from_file.mirror.diff;
         assert_eq!(diff.max_body_bytes, 64 << 10);
         assert_eq!(diff.ignore_fields, ["/items/*/updated_at"]);
@@ -704,6 +786,43 @@ mod tests {
         assert!(text.contains("max_in_flight"), "{text}");
         let text = err(&["--upstream", "http://u", "--upstream-timeout", "0s"]);
         assert!(text.contains("--upstream-timeout"), "{text}");
+    }
+
+    #[test]
+    fn bad_target_settings_name_the_target_and_the_key() {
+        let err = |table: &str| {
+            let text = format!(
+                "upstream = \"http://u\"\n[[mirror]]\nname = \"staging\"\nurl = \"http://m\"\n{table}\n"
+            );
+            Config::merge(&args(&[]), file(&text)).unwrap_err().0
+        };
+        let cases = [
+            ("sample_by = \"ip\"", "sample_by"),
+            ("sample_by = \"header:\"", "sample_by"),
+            ("rate = \"fast\"", "rate"),
+            ("rate = \"0/s\"", "rate"),
+            ("path_regex = \"(\"", "path_regex"),
+            (
+                "rewrite_path = { from = \"[\", to = \"/\" }",
+                "rewrite_path",
+            ),
+            ("methods = [\"GET\", \"FETCH\"]", "methods"),
+            ("paths = [\"api\"]", "paths"),
+            ("headers = { \"bad name\" = \"1\" }", "headers"),
+        ];
+        for (table, key) in cases {
+            let text = err(table);
+            assert!(
+                text.contains("\"staging\"") && text.contains(key) && !text.contains('\n'),
+                "{table}: {text}"
+            );
+        }
+        let twice = "upstream = \"http://u\"\n[[mirror]]\nurl = \"http://a\"\n[[mirror]]\nname = \"http://a\"\nurl = \"http://b\"\n";
+        let text = Config::merge(&args(&[]), file(twice)).unwrap_err().0;
+        assert!(
+            text.contains("\"http://a\"") && text.contains("twice"),
+            "{text}"
+        );
     }
 
     #[test]

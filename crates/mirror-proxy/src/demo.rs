@@ -255,12 +255,16 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         admin: Some("127.0.0.1:0".parse()?),
         ..RunArgs::default()
     })?;
-    config.mirror.targets[0].baseline = true;
-    config.mirror.targets[1].compare = true;
+    let [baseline_target, candidate_target] = [0, 1].map(|i| config.mirror.targets[i].clone());
+    config.mirror.targets = vec![
+        baseline_target.as_baseline(),
+        candidate_target.with_comparison(),
+    ];
     let proxy = Proxy::bind(config).await?;
     let proxy_addr = proxy.local_addr();
     let admin_addr = proxy.admin_addr();
     let mirror = proxy.mirror().cloned().ok_or("the demo mirrors")?;
+    let diff = proxy.diff().cloned().ok_or("the demo compares")?;
     let telemetry = Arc::clone(proxy.telemetry());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(proxy.serve(async move {
@@ -305,7 +309,7 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         statuses
     );
     print_table(&mirror, &telemetry, shadows);
-    print_diff(&mirror);
+    print_diff(&diff);
 
     println!("\ntry it by hand:");
     println!("  curl -s http://{proxy_addr}/api/products/42?currency=EUR");
@@ -453,10 +457,8 @@ fn progress(
 }
 
 /// What the comparison found: per route, how often the candidate differed, and in what.
-fn print_diff(mirror: &tower_mirror::MirrorLayer) {
-    let Some(report) = mirror.diff_report() else {
-        return;
-    };
+fn print_diff(diff: &tower_mirror::diff::Diff) {
+    let report = diff.report();
     println!("\ncandidate vs primary (noise cancelled by the baseline):");
     for route in &report.routes {
         let top: Vec<String> = route

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::{Either, Full};
@@ -19,6 +19,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower::Service;
+use tower_mirror::client::tls;
+use tower_mirror::outbound::hop;
 
 use crate::config::Upstream;
 use crate::telemetry::{Telemetry, UpstreamError};
@@ -49,21 +51,8 @@ where
         roots: rustls::RootCertStore,
         telemetry: Arc<Telemetry>,
     ) -> Arc<Self> {
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the protocol versions rustls considers safe")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
+        // The TLS set-up and connector the mirrors use: one rule for every outbound leg.
+        let https = tls::connector(tls::client_config(roots));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
@@ -136,9 +125,9 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let upgrade = wants_upgrade(request.headers());
+    let upgrade = hop::is_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-    let Some(uri) = upstream_uri(&shared.upstream, request.uri()) else {
+    let Some(uri) = shared.upstream.base.join(request.uri()) else {
         return short(
             StatusCode::BAD_REQUEST,
             "400 Bad Request: the request target has no path\n",
@@ -180,7 +169,7 @@ where
             return response.map(|_| Either::Right(Full::default()));
         }
     }
-    strip_hop_by_hop(response.headers_mut());
+    hop::remove_hop_by_hop(response.headers_mut());
     response.map(Either::Left)
 }
 
@@ -205,74 +194,6 @@ fn short(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     response
 }
 
-/// `Connection: upgrade` with an `Upgrade` header: WebSocket and friends.
-fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && connection_tokens(headers).any(|token| token.eq_ignore_ascii_case("upgrade"))
-}
-
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-}
-
-/// The upstream's scheme and authority, its path prefix, then the request's path and query.
-fn upstream_uri(upstream: &Upstream, original: &Uri) -> Option<Uri> {
-    let path = original.path();
-    if !path.starts_with('/') {
-        return None;
-    }
-    let mut path_and_query = String::with_capacity(upstream.prefix.len() + path.len() + 16);
-    path_and_query.push_str(&upstream.prefix);
-    path_and_query.push_str(path);
-    if let Some(query) = original.query() {
-        path_and_query.push('?');
-        path_and_query.push_str(query);
-    }
-    Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .ok()
-}
-
-/// Headers that belong to one connection (RFC 9110 §7.6.1), plus `Proxy-Authorization`,
-/// which is addressed to this proxy and goes no further.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the (few) headers present, rather than a lookup per hop-by-hop name:
-    // most requests have none to remove.
-    let mut remove: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| HOP_BY_HOP.contains(name))
-        .cloned()
-        .collect();
-    if remove.contains(&header::CONNECTION) {
-        remove.extend(
-            connection_tokens(headers)
-                .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok()),
-        );
-    }
-    for name in &remove {
-        headers.remove(name);
-    }
-}
-
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -288,7 +209,7 @@ fn prepare_request<B>(request: &mut Request<B>, uri: Uri, client_addr: SocketAdd
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     let headers = request.headers_mut();
-    strip_hop_by_hop(headers);
+    hop::remove_hop_by_hop(headers);
     if let (true, Some(protocol)) = (upgrade, upgrade_protocol) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
@@ -311,30 +232,6 @@ fn prepare_request<B>(request: &mut Request<B>, uri: Uri, client_addr: SocketAdd
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn upstream(url: &str) -> Upstream {
-        let uri: Uri = url.parse().unwrap();
-        Upstream {
-            url: url.to_owned(),
-            scheme: uri.scheme().unwrap().clone(),
-            authority: uri.authority().unwrap().clone(),
-            prefix: uri.path().trim_end_matches('/').to_owned(),
-        }
-    }
-
-    #[test]
-    fn upstream_uris() {
-        let cases = [
-            ("http://u:3000", "/a?b=1", "http://u:3000/a?b=1"),
-            ("http://u:3000/", "/a", "http://u:3000/a"),
-            ("https://u/base/", "/a/b?c", "https://u/base/a/b?c"),
-        ];
-        for (base, original, expected) in cases {
-            let uri = upstream_uri(&upstream(base), &original.parse().unwrap()).unwrap();
-            assert_eq!(uri, expected);
-        }
-        assert!(upstream_uri(&upstream("http://u"), &"*".parse().unwrap()).is_none());
-    }
 
     #[test]
     fn requests_are_prepared_for_the_upstream() {
@@ -371,6 +268,24 @@ mod tests {
     }
 
     #[test]
+    fn connection_options_with_obs_text_are_not_forwarded() {
+        // The drift this crate once had from tower-mirror: a `Connection` value with one
+        // non-ASCII byte was ignored as a whole, so the headers it named went upstream.
+        let mut request = Request::get("/")
+            .header("host", "h")
+            .header(
+                "connection",
+                HeaderValue::from_bytes(b"x-secret, caf\xe9").unwrap(),
+            )
+            .header("x-secret", "1")
+            .body(())
+            .unwrap();
+        let uri: Uri = "http://u/".parse().unwrap();
+        prepare_request(&mut request, uri, "127.0.0.1:1".parse().unwrap(), false);
+        assert!(!request.headers().contains_key("x-secret"));
+    }
+
+    #[test]
     fn upgrades_keep_their_own_headers() {
         let mut request = Request::get("/ws")
             .header("host", "h")
@@ -378,7 +293,7 @@ mod tests {
             .header("upgrade", "websocket")
             .body(())
             .unwrap();
-        assert!(wants_upgrade(request.headers()));
+        assert!(hop::is_upgrade(request.headers()));
         let uri: Uri = "http://u/ws".parse().unwrap();
         prepare_request(&mut request, uri, "127.0.0.1:1".parse().unwrap(), true);
         assert_eq!(request.headers()["connection"], "upgrade");

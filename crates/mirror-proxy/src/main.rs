@@ -73,7 +73,13 @@ async fn run(cli: Cli) -> ExitCode {
     tracing::info!(
         listen = %proxy.local_addr(),
         upstream = %config.upstream.url,
-        mirrors = ?config.mirror.targets.iter().map(|t| format!("{}={}%", t.url, t.percentage)).collect::<Vec<_>>(),
+        mirrors = %config
+            .mirror
+            .targets
+            .iter()
+            .map(|t| format!("{}={}%", t.name(), t.percentage))
+            .collect::<Vec<_>>()
+            .join(" "),
         mode = if config.mirror.sync { "sync" } else { "async" },
         "mirror-proxy started"
     );

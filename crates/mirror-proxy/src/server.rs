@@ -24,11 +24,15 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tower::{Layer, Service};
-use tower_mirror::{DrainReport, HttpSender, MirrorBody, MirrorLayer, Options, SendFuture, Sender};
+use tower_mirror::diff::Diff;
+use tower_mirror::{
+    ClientAddr, DrainReport, HttpSender, MirrorBody, MirrorLayer, Options, SendFuture, Sender,
+};
 
 use crate::config::{Config, ConfigError};
 use crate::forward::{Forward, ForwardShared};
 use crate::telemetry::Telemetry;
+use tower_mirror::Target;
 
 /// A proxy with its listeners bound, ready to serve.
 pub struct Proxy {
@@ -38,6 +42,8 @@ pub struct Proxy {
     workers: Vec<(WorkerRuntime, TcpListener)>,
     admin: Option<TcpListener>,
     mirror: Option<MirrorLayer>,
+    /// The comparisons, when a target is compared.
+    diff: Option<Diff>,
     telemetry: Arc<Telemetry>,
 }
 
@@ -67,19 +73,21 @@ impl Proxy {
             None => None,
         };
         let telemetry = Arc::new(Telemetry::new(
-            config.mirror.targets.iter().map(|t| t.url.as_str()),
+            config.mirror.targets.iter().map(Target::name),
             admin.is_some(),
         ));
-        let mirror = if config.mirror.targets.is_empty() {
-            None
+        let (mirror, diff) = if config.mirror.targets.is_empty() {
+            (None, None)
         } else {
-            Some(mirror_layer(&config, &telemetry)?)
+            let (mirror, diff) = mirror_layer(&config, &telemetry)?;
+            (Some(mirror), diff)
         };
         Ok(Self {
             config,
             workers,
             admin,
             mirror,
+            diff,
             telemetry,
         })
     }
@@ -104,6 +112,11 @@ impl Proxy {
         self.mirror.as_ref()
     }
 
+    /// The comparisons, when a target is compared with the primary.
+    pub fn diff(&self) -> Option<&Diff> {
+        self.diff.as_ref()
+    }
+
     /// The proxy's counters.
     pub fn telemetry(&self) -> &Arc<Telemetry> {
         &self.telemetry
@@ -115,7 +128,11 @@ impl Proxy {
         let (stop, stopped) = watch::channel(false);
         let (exit, exiting) = watch::channel(false);
         if let Some(admin) = self.admin {
-            let router = crate::admin::router(Arc::clone(&self.telemetry), self.mirror.clone());
+            let router = crate::admin::router(
+                Arc::clone(&self.telemetry),
+                self.mirror.clone(),
+                self.diff.clone(),
+            );
             let mut stopped = stopped.clone();
             tokio::spawn(async move {
                 let _ = axum::serve(admin, router)
@@ -145,7 +162,17 @@ impl Proxy {
                 spawn_workers(self.workers, signals, move || {
                     let shared = upstream.for_worker();
                     let mirror = mirror.clone();
-                    move |addr| mirror.layer(Forward::new(Arc::clone(&shared), addr))
+                    move |addr| {
+                        // The client's address, for targets that sample by `client_ip`.
+                        let forward = mirror.layer(Forward::new(Arc::clone(&shared), addr));
+                        tower::ServiceExt::map_request(
+                            forward,
+                            move |mut request: Request<Incoming>| {
+                                request.extensions_mut().insert(ClientAddr(addr));
+                                request
+                            },
+                        )
+                    }
                 })
             }
             None => spawn_workers(self.workers, signals, move || {
@@ -221,14 +248,22 @@ impl UpstreamClients {
 }
 
 /// The mirror layer, its callbacks feeding `telemetry`, its mirrors sent through a connection
-/// pool per worker.
-fn mirror_layer(config: &Config, telemetry: &Arc<Telemetry>) -> Result<MirrorLayer, ConfigError> {
+/// pool per worker; and the comparisons, when a target is compared.
+fn mirror_layer(
+    config: &Config,
+    telemetry: &Arc<Telemetry>,
+) -> Result<(MirrorLayer, Option<Diff>), ConfigError> {
     let (on_success, on_error) = (Arc::clone(telemetry), Arc::clone(telemetry));
     let on_comparison = Arc::clone(telemetry);
-    let mut diff = config.mirror.diff.clone();
-    diff.on_comparison = Some(Arc::new(move |comparison: &_| {
+    let mut diff_options = config.mirror.diff.clone();
+    diff_options.on_comparison = Some(Arc::new(move |comparison: &_| {
         on_comparison.compared(comparison)
     }));
+    let diff = if config.mirror.compares() {
+        Some(Diff::new(diff_options).map_err(|e| ConfigError(e.to_string()))?)
+    } else {
+        None
+    };
     let danger = config.danger_accept_invalid_certs;
     if danger {
         tracing::warn!(
@@ -251,11 +286,15 @@ fn mirror_layer(config: &Config, telemetry: &Arc<Telemetry>) -> Result<MirrorLay
         on_error: Some(Arc::new(move |target: &str, error: &_| {
             on_error.mirror_failed(target, error)
         })),
-        diff,
+        observers: diff
+            .iter()
+            .map(|diff| Arc::new(diff.clone()) as Arc<dyn tower_mirror::observe::Observer>)
+            .collect(),
         sender: Some(Arc::new(sender)),
         ..config.mirror.options()
     };
-    MirrorLayer::with_options(options).map_err(|e| ConfigError(e.to_string()))
+    let layer = MirrorLayer::with_options(options).map_err(|e| ConfigError(e.to_string()))?;
+    Ok((layer, diff))
 }
 
 /// Sends each mirror through an `HttpSender` of the worker thread it runs on: a mirror task

@@ -137,8 +137,8 @@ pub struct PrimaryStats {
 /// Per mirror target: what tower-mirror's counters don't hold.
 #[derive(Debug)]
 pub struct TargetTelemetry {
-    /// The URL as configured.
-    pub url: String,
+    /// The target's name (by default its URL as configured).
+    pub name: String,
     /// Time to the target's response head.
     pub latency: LatencyHistogram,
     /// The target's responses by status class.
@@ -168,8 +168,8 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Counters for these targets; with `prometheus`, also installs the process-wide metrics
-    /// recorder that `/metrics` renders.
+    /// Counters for the targets with these names; with `prometheus`, also installs the
+    /// process-wide metrics recorder that `/metrics` renders.
     pub fn new<'a>(targets: impl IntoIterator<Item = &'a str>, prometheus: bool) -> Self {
         // The recorder first: metric handles register with whichever recorder is installed.
         let prometheus = prometheus.then(install_prometheus).flatten();
@@ -180,13 +180,13 @@ impl Telemetry {
             primary: PrimaryStats::default(),
             targets: targets
                 .into_iter()
-                .map(|url| TargetTelemetry {
-                    url: url.to_owned(),
+                .map(|name| TargetTelemetry {
+                    name: name.to_owned(),
                     latency: LatencyHistogram::default(),
                     responses: StatusClasses::default(),
                     latency_metric: metrics::histogram!(
                         "mirror_latency_seconds",
-                        "target" => url.to_owned()
+                        "target" => name.to_owned()
                     ),
                     // "Long ago", so the first failure is logged.
                     last_log_ms: AtomicU64::new(0),
@@ -197,8 +197,8 @@ impl Telemetry {
         }
     }
 
-    fn target(&self, url: &str) -> Option<&TargetTelemetry> {
-        self.targets.iter().find(|t| t.url == url)
+    fn target(&self, name: &str) -> Option<&TargetTelemetry> {
+        self.targets.iter().find(|t| t.name == name)
     }
 
     // Counters are kept in atomics here and handed to Prometheus at scrape time; histograms
@@ -225,8 +225,8 @@ impl Telemetry {
     }
 
     /// tower-mirror's `on_success`.
-    pub fn mirror_succeeded(&self, url: &str, response: &MirrorResponse) {
-        let Some(target) = self.target(url) else {
+    pub fn mirror_succeeded(&self, name: &str, response: &MirrorResponse) {
+        let Some(target) = self.target(name) else {
             return;
         };
         target.latency.record(response.latency());
@@ -238,8 +238,8 @@ impl Telemetry {
 
     /// tower-mirror's `on_error`: one log line per target per second at most, so a dead
     /// target cannot flood the log; the lines in between are counted and reported.
-    pub fn mirror_failed(&self, url: &str, error: &MirrorError) {
-        let Some(target) = self.target(url) else {
+    pub fn mirror_failed(&self, name: &str, error: &MirrorError) {
+        let Some(target) = self.target(name) else {
             return;
         };
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
@@ -253,7 +253,7 @@ impl Telemetry {
         {
             let suppressed = target.unlogged_failures.swap(0, Relaxed);
             tracing::warn!(
-                target = url,
+                target = name,
                 error = %error,
                 timeout = error.is_timeout(),
                 connect = error.is_connect(),
@@ -321,15 +321,19 @@ impl Telemetry {
                 .targets
                 .iter()
                 .map(|t| {
-                    let extra = self.target(&t.url);
+                    let extra = self.target(&t.name);
                     json!({
+                        "name": t.name,
                         "url": t.url,
+                        "filtered": t.filtered,
                         "sampled": t.sampled,
+                        "sampled_without_key": t.sampled_without_key,
                         "sent": t.sent,
                         "responded": t.responded,
                         "failed": t.failed,
                         "timed_out": t.timed_out,
                         "dropped_overload": t.dropped_overload,
+                        "dropped_rate_limited": t.dropped_rate_limited,
                         "in_flight": t.in_flight,
                         "skipped": Value::Object(
                             t.skipped.iter().map(|(r, n)| (r.to_owned(), json!(n))).collect()
@@ -369,7 +373,7 @@ impl Telemetry {
             for (class, n) in target.responses.iter() {
                 metrics::counter!(
                     "mirror_responses_total",
-                    "target" => target.url.clone(),
+                    "target" => target.name.clone(),
                     "status_class" => class
                 )
                 .absolute(n);
@@ -396,7 +400,7 @@ fn install_prometheus() -> Option<PrometheusHandle> {
 fn export_mirror_counters(mirror: &MirrorLayer) {
     let stats = mirror.stats();
     for t in &stats.targets {
-        let target = t.url.clone();
+        let target = t.name.clone();
         for (outcome, n) in [
             ("responded", t.responded),
             ("failed", t.failed),
@@ -407,8 +411,16 @@ fn export_mirror_counters(mirror: &MirrorLayer) {
         }
         metrics::counter!("mirror_sampled_total", "target" => target.clone()).absolute(t.sampled);
         metrics::counter!("mirror_sent_total", "target" => target.clone()).absolute(t.sent);
-        metrics::counter!("mirror_dropped_total", "target" => target.clone(), "reason" => "overload")
-            .absolute(t.dropped_overload);
+        for (reason, n) in [
+            ("overload", t.dropped_overload),
+            ("rate_limited", t.dropped_rate_limited),
+        ] {
+            metrics::counter!("mirror_dropped_total", "target" => target.clone(), "reason" => reason)
+                .absolute(n);
+        }
+        metrics::counter!("mirror_filtered_total", "target" => target.clone()).absolute(t.filtered);
+        metrics::counter!("mirror_sampled_without_key_total", "target" => target.clone())
+            .absolute(t.sampled_without_key);
         for (reason, n) in t.skipped.iter() {
             metrics::counter!("mirror_skipped_total", "target" => target.clone(), "reason" => reason)
                 .absolute(n);
