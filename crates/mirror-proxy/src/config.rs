@@ -109,7 +109,12 @@ pub struct RunArgs {
     /// the Mozilla roots: for an internal CA.
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
-    /// A TOML file with any of these settings, plus per-target ones (`[[mirror]]` tables).
+    /// A TOML file with any of these settings, plus per-target ones in `[[mirror]]` tables:
+    /// url, name (unique; default the URL), percentage, http2, strip_headers, set_headers,
+    /// sample_by ("header:NAME", "cookie:NAME", "query:NAME" or "client_ip"), rate ("200/s",
+    /// "10/m", "1000/h"), methods, paths and exclude_paths (prefixes on segment
+    /// boundaries), path_regex, headers ({ name = "exact value" }), rewrite_path
+    /// ({ from = REGEX, to = REPLACEMENT }), compare, baseline; and a [diff] table.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log format on stderr [default: text].

@@ -264,7 +264,7 @@ impl Aggregator {
 }
 
 /// The aggregate of every comparison so far, from
-/// [`MirrorLayer::diff_report`](crate::MirrorLayer::diff_report).
+/// [`Diff::report`](super::Diff::report).
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct DiffReport {
