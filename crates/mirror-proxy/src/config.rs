@@ -522,6 +522,38 @@ impl Config {
         Ok(config)
     }
 
+    /// True when the upstream is the listen address itself (port 0 never is: it is chosen at
+    /// bind time): the same port, and the same IP, a loopback name for a loopback or
+    /// unspecified listen address, or any local address for an unspecified one.
+    fn upstream_is_self(&self) -> bool {
+        let base = &self.upstream.base;
+        let authority = base.authority();
+        let default_port = if base.scheme() == &http::uri::Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        let port = authority.port_u16().unwrap_or(default_port);
+        if self.listen.port() == 0 || port != self.listen.port() {
+            return false;
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let listen = self.listen.ip();
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                ip == listen
+                    || (listen.is_unspecified() && (ip.is_loopback() || ip.is_unspecified()))
+            }
+            Err(_) => {
+                host.eq_ignore_ascii_case("localhost")
+                    && (listen.is_loopback() || listen.is_unspecified())
+            }
+        }
+    }
+
     /// What the flags' parsers did not check; `targets_from` says where the targets came from.
     fn validate(&self, targets_from: &str) -> Result<(), ConfigError> {
         if self.upstream_timeout.is_zero() {
@@ -529,6 +561,18 @@ impl Config {
         }
         if self.workers == 0 || self.workers > 1024 {
             return Err(error(format!("--workers {}: use 1 to 1024", self.workers)));
+        }
+        if self.mirror.max_body > self.mirror.max_buffered {
+            return Err(error(format!(
+                "--max-body {} is over --max-buffered {}: a body that large could never be held for its mirrors",
+                self.mirror.max_body, self.mirror.max_buffered
+            )));
+        }
+        if self.upstream_is_self() {
+            return Err(error(format!(
+                "--upstream {}: that is this proxy's own --listen address {}; it would forward to itself",
+                self.upstream.url, self.listen
+            )));
         }
         if !self.mirror.targets.is_empty() {
             // The layer's own checks name the target or option at fault.
@@ -583,22 +627,29 @@ fn roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, ConfigError> {
 }
 
 /// `URL` or `URL=PERCENT`.
+///
+/// A base URL has no query, so an `=` can only be in its path: text after the last `=` with
+/// no `/` in it is meant as the percentage, and must be a whole number (`=10%`, `=10.5`,
+/// `=-5` and `=abc` are errors, not part of the URL).
 fn parse_mirror_flag(flag: &str) -> Result<Target, ConfigError> {
-    match flag.rsplit_once('=') {
-        Some((url, percent))
-            if !percent.is_empty()
-                && !url.is_empty()
-                && percent.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            let percentage = percent.parse().map_err(|_| {
-                error(format!(
-                    "--mirror: invalid mirror target {url:?}: percentage {percent} is over 100"
-                ))
-            })?;
-            Ok(Target::percentage(url, percentage))
-        }
-        _ => Ok(Target::new(flag)),
+    let Some((url, percent)) = flag.rsplit_once('=').filter(|(_, p)| !p.contains('/')) else {
+        return Ok(Target::new(flag));
+    };
+    let bad = |why: &str| {
+        error(format!(
+            "--mirror {flag}: percentage {percent:?} {why}: use URL=PERCENT with a whole number from 0 to 100"
+        ))
+    };
+    if url.is_empty() {
+        return Err(error(format!(
+            "--mirror {flag}: the URL is missing before `=`"
+        )));
     }
+    if percent.is_empty() || !percent.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("is not a whole number"));
+    }
+    let percentage = percent.parse().map_err(|_| bad("is over 100"))?;
+    Ok(Target::percentage(url, percentage))
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -791,6 +842,48 @@ mod tests {
         assert!(text.contains("max_in_flight"), "{text}");
         let text = err(&["--upstream", "http://u", "--upstream-timeout", "0s"]);
         assert!(text.contains("--upstream-timeout"), "{text}");
+        let text = err(&["--upstream", "http://u:99999"]);
+        assert!(
+            text.contains("--upstream") && text.contains("99999"),
+            "{text}"
+        );
+        let text = err(&["--upstream", "http://u", "--mirror", "http://m:70000"]);
+        assert!(text.contains("70000"), "{text}");
+        let text = err(&[
+            "--upstream",
+            "http://u",
+            "--max-body",
+            "8MiB",
+            "--max-buffered",
+            "4MiB",
+        ]);
+        assert!(
+            text.contains("--max-body") && text.contains("--max-buffered"),
+            "{text}"
+        );
+        for (listen, upstream) in [
+            ("127.0.0.1:8080", "http://127.0.0.1:8080"),
+            ("127.0.0.1:8080", "http://localhost:8080/base"),
+            ("0.0.0.0:80", "http://127.0.0.1"),
+            ("[::1]:9000", "http://[::1]:9000"),
+        ] {
+            let text = err(&["--listen", listen, "--upstream", upstream]);
+            assert!(
+                text.contains("forward to itself"),
+                "{listen} {upstream}: {text}"
+            );
+        }
+        for (listen, upstream) in [
+            ("127.0.0.1:8080", "http://127.0.0.1:8081"),
+            ("127.0.0.1:0", "http://127.0.0.1:0"),
+            ("127.0.0.2:8080", "http://127.0.0.1:8080"),
+        ] {
+            let config = Config::merge(
+                &args(&["--listen", listen, "--upstream", upstream]),
+                FileConfig::default(),
+            );
+            assert!(config.is_ok(), "{listen} {upstream}");
+        }
     }
 
     #[test]
@@ -867,5 +960,18 @@ mod tests {
         let t = parse_mirror_flag("http://h:1").unwrap();
         assert_eq!((t.url.as_str(), t.percentage), ("http://h:1", 100));
         assert!(parse_mirror_flag("http://h=99999999999").is_err());
+        let t = parse_mirror_flag("http://h:1/a=b/c").unwrap();
+        assert_eq!(
+            t.url, "http://h:1/a=b/c",
+            "an = in the path is part of the URL"
+        );
+        for bad in ["abc", "10.5", "-5", "10%", ""] {
+            let flag = format!("http://127.0.0.1:14000={bad}");
+            let text = parse_mirror_flag(&flag).unwrap_err().0;
+            assert!(
+                text.starts_with(&format!("--mirror {flag}:")) && text.contains("whole number"),
+                "{text}"
+            );
+        }
     }
 }

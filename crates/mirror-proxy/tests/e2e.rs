@@ -444,6 +444,10 @@ async fn configuration_errors_exit_2_with_one_line() {
         "bad-value.toml",
         "upstream = \"http://127.0.0.1:1\"\n\ntimeout = \"5 parsecs\"\n",
     );
+    let bad_rate = dir.file(
+        "bad-rate.toml",
+        "upstream = \"http://127.0.0.1:1\"\n[[mirror]]\nname = \"staging\"\nurl = \"http://127.0.0.1:2\"\nrate = \"fast\"\n",
+    );
     let missing = dir.path().join("missing.toml");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().map(|a| (taken, a.to_string())).unwrap();
@@ -536,6 +540,91 @@ async fn configuration_errors_exit_2_with_one_line() {
             "missing --upstream",
             vec!["--listen".into(), "127.0.0.1:0".into()],
             vec!["--upstream".into()],
+        ),
+        (
+            "percentage =abc",
+            vec![
+                "--upstream".into(),
+                "http://127.0.0.1:1".into(),
+                "--mirror".into(),
+                "http://127.0.0.1:14000=abc".into(),
+            ],
+            vec![
+                "--mirror".into(),
+                "http://127.0.0.1:14000=abc".into(),
+                "whole number".into(),
+            ],
+        ),
+        (
+            "percentage =10.5",
+            vec![
+                "--upstream".into(),
+                "http://127.0.0.1:1".into(),
+                "--mirror".into(),
+                "http://127.0.0.1:14000=10.5".into(),
+            ],
+            vec![
+                "--mirror".into(),
+                "http://127.0.0.1:14000=10.5".into(),
+                "whole number".into(),
+            ],
+        ),
+        (
+            "percentage =-5",
+            vec![
+                "--upstream".into(),
+                "http://127.0.0.1:1".into(),
+                "--mirror".into(),
+                "http://127.0.0.1:14000=-5".into(),
+            ],
+            vec![
+                "--mirror".into(),
+                "http://127.0.0.1:14000=-5".into(),
+                "whole number".into(),
+            ],
+        ),
+        (
+            "percentage =10%",
+            vec![
+                "--upstream".into(),
+                "http://127.0.0.1:1".into(),
+                "--mirror".into(),
+                "http://127.0.0.1:14000=10%".into(),
+            ],
+            vec![
+                "--mirror".into(),
+                "http://127.0.0.1:14000=10%".into(),
+                "whole number".into(),
+            ],
+        ),
+        (
+            "port over 65535",
+            vec![
+                "--upstream".into(),
+                "http://127.0.0.1:1".into(),
+                "--mirror".into(),
+                "http://127.0.0.1:70000".into(),
+            ],
+            vec!["http://127.0.0.1:70000".into(), "port 70000".into()],
+        ),
+        (
+            "upstream is the proxy itself",
+            vec![
+                "--listen".into(),
+                "127.0.0.1:18087".into(),
+                "--upstream".into(),
+                "http://localhost:18087".into(),
+            ],
+            vec!["--upstream".into(), "forward to itself".into()],
+        ),
+        (
+            "a [[mirror]] key with a bad value",
+            vec!["--config".into(), s(&bad_rate)],
+            vec![
+                "[[mirror]] \"staging\"".into(),
+                "rate".into(),
+                "fast".into(),
+            ],
         ),
     ];
     for (case, args, expected) in cases {
