@@ -2,14 +2,13 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::{Either, Full};
@@ -67,19 +66,15 @@ where
     }
 }
 
-/// Forwards requests from one client connection to the upstream.
+/// Forwards normalised requests (see [`crate::normalize`]) to the upstream.
 pub struct Forward<B> {
     shared: Arc<ForwardShared<B>>,
-    client_addr: SocketAddr,
 }
 
 impl<B> Forward<B> {
-    /// The service for a connection from `client_addr`.
-    pub fn new(shared: Arc<ForwardShared<B>>, client_addr: SocketAddr) -> Self {
-        Self {
-            shared,
-            client_addr,
-        }
+    /// The service for one connection.
+    pub fn new(shared: Arc<ForwardShared<B>>) -> Self {
+        Self { shared }
     }
 }
 
@@ -87,7 +82,6 @@ impl<B> Clone for Forward<B> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
-            client_addr: self.client_addr,
         }
     }
 }
@@ -107,20 +101,15 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let shared = Arc::clone(&self.shared);
-        let client_addr = self.client_addr;
         Box::pin(async move {
-            let response = forward(&shared, client_addr, request).await;
+            let response = forward(&shared, request).await;
             shared.telemetry.record_primary(response.status());
             Ok(response)
         })
     }
 }
 
-async fn forward<B>(
-    shared: &ForwardShared<B>,
-    client_addr: SocketAddr,
-    mut request: Request<B>,
-) -> Response<ProxyBody>
+async fn forward<B>(shared: &ForwardShared<B>, mut request: Request<B>) -> Response<ProxyBody>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -133,7 +122,7 @@ where
             "400 Bad Request: the request target has no path\n",
         );
     };
-    prepare_request(&mut request, uri, client_addr, upgrade);
+    prepare_request(&mut request, uri, upgrade);
 
     let started = Instant::now();
     let sent = tokio::time::timeout(shared.timeout, shared.client.request(request)).await;
@@ -194,17 +183,9 @@ fn short(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     response
 }
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Turns the client's request into the upstream's: new URI, hop-by-hop headers out (but for an
-/// upgrade's own), `Host` kept, `X-Forwarded-*` set.
-fn prepare_request<B>(request: &mut Request<B>, uri: Uri, client_addr: SocketAddr, upgrade: bool) {
-    let host = request.headers().get(header::HOST).cloned().or_else(|| {
-        let authority = request.uri().authority()?;
-        HeaderValue::from_str(authority.as_str()).ok()
-    });
+/// Turns the normalised request (see [`crate::normalize`]) into the upstream's: the upstream's
+/// URI, hop-by-hop headers out (but for an upgrade's own), HTTP/1.1.
+fn prepare_request<B>(request: &mut Request<B>, uri: Uri, upgrade: bool) {
     let upgrade_protocol = request.headers().get(header::UPGRADE).cloned();
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
@@ -214,19 +195,6 @@ fn prepare_request<B>(request: &mut Request<B>, uri: Uri, client_addr: SocketAdd
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
-    if let Some(host) = host {
-        headers.insert(header::HOST, host.clone());
-        headers.insert(X_FORWARDED_HOST, host);
-    }
-    let client_ip = client_addr.ip().to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {client_ip}"),
-        None => client_ip,
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 }
 
 #[cfg(test)]
@@ -248,7 +216,7 @@ mod tests {
             .body(())
             .unwrap();
         let uri: Uri = "http://u:3000/orders".parse().unwrap();
-        prepare_request(&mut request, uri, "192.0.2.7:5555".parse().unwrap(), false);
+        prepare_request(&mut request, uri, false);
         let h = request.headers();
         for gone in [
             "connection",
@@ -260,9 +228,10 @@ mod tests {
             assert!(!h.contains_key(gone), "{gone}");
         }
         assert_eq!(h["host"], "shop.example");
-        assert_eq!(h["x-forwarded-host"], "shop.example");
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
-        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(
+            h["x-forwarded-for"], "10.0.0.1",
+            "set by the normalisation, kept"
+        );
         assert_eq!(h.get_all("accept").iter().count(), 2);
         assert_eq!(request.version(), Version::HTTP_11);
     }
@@ -281,7 +250,7 @@ mod tests {
             .body(())
             .unwrap();
         let uri: Uri = "http://u/".parse().unwrap();
-        prepare_request(&mut request, uri, "127.0.0.1:1".parse().unwrap(), false);
+        prepare_request(&mut request, uri, false);
         assert!(!request.headers().contains_key("x-secret"));
     }
 
@@ -295,7 +264,7 @@ mod tests {
             .unwrap();
         assert!(hop::is_upgrade(request.headers()));
         let uri: Uri = "http://u/ws".parse().unwrap();
-        prepare_request(&mut request, uri, "127.0.0.1:1".parse().unwrap(), true);
+        prepare_request(&mut request, uri, true);
         assert_eq!(request.headers()["connection"], "upgrade");
         assert_eq!(request.headers()["upgrade"], "websocket");
     }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod diff_page;
 pub mod forward;
+pub mod normalize;
 pub mod server;
 pub mod telemetry;
 mod units;

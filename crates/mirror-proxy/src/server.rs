@@ -25,12 +25,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tower::{Layer, Service};
 use tower_mirror::diff::Diff;
-use tower_mirror::{
-    ClientAddr, DrainReport, HttpSender, MirrorBody, MirrorLayer, Options, SendFuture, Sender,
-};
+use tower_mirror::{DrainReport, HttpSender, MirrorBody, MirrorLayer, Options, SendFuture, Sender};
 
 use crate::config::{Config, ConfigError};
 use crate::forward::{Forward, ForwardShared};
+use crate::normalize::{Inbound, normalize};
 use crate::telemetry::Telemetry;
 use tower_mirror::Target;
 
@@ -162,22 +161,14 @@ impl Proxy {
                 spawn_workers(self.workers, signals, move || {
                     let shared = upstream.for_worker();
                     let mirror = mirror.clone();
-                    move |addr| {
-                        // The client's address, for targets that sample by `client_ip`.
-                        let forward = mirror.layer(Forward::new(Arc::clone(&shared), addr));
-                        tower::ServiceExt::map_request(
-                            forward,
-                            move |mut request: Request<Incoming>| {
-                                request.extensions_mut().insert(ClientAddr(addr));
-                                request
-                            },
-                        )
+                    move |inbound| {
+                        normalized(mirror.layer(Forward::new(Arc::clone(&shared))), inbound)
                     }
                 })
             }
             None => spawn_workers(self.workers, signals, move || {
                 let shared = upstream.for_worker();
-                move |addr| Forward::new(Arc::clone(&shared), addr)
+                move |inbound| normalized(Forward::new(Arc::clone(&shared)), inbound)
             }),
         };
 
@@ -220,6 +211,18 @@ impl Proxy {
             workers_failed,
         }
     }
+}
+
+/// `service` behind the normalisation step, so the mirror layer and the upstream see the same
+/// request.
+fn normalized<S>(
+    service: S,
+    inbound: Inbound,
+) -> tower::util::MapRequest<S, impl FnMut(Request<Incoming>) -> Request<Incoming> + Clone> {
+    tower::util::MapRequest::new(service, move |mut request: Request<Incoming>| {
+        normalize(&mut request, inbound);
+        request
+    })
 }
 
 /// What each worker's own pooled client to the upstream is built from.
@@ -413,7 +416,7 @@ fn spawn_workers<B, M, S, ResBody>(
 ) -> Vec<Option<std::thread::JoinHandle<()>>>
 where
     B: Fn() -> M + Send + Sync + 'static,
-    M: Fn(SocketAddr) -> S + 'static,
+    M: Fn(Inbound) -> S + 'static,
     S: Service<Request<Incoming>, Response = Response<ResBody>, Error = Infallible>
         + Clone
         + Send
@@ -441,7 +444,7 @@ where
 /// requests are done, and keeps running (for the mirrors' sake) until told to exit.
 async fn worker<M, S, ResBody>(listener: TcpListener, signals: Signals, make: M)
 where
-    M: Fn(SocketAddr) -> S,
+    M: Fn(Inbound) -> S,
     S: Service<Request<Incoming>, Response = Response<ResBody>, Error = Infallible>
         + Clone
         + Send
@@ -471,7 +474,10 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(make(client_addr));
+        let service = TowerToHyperService::new(make(Inbound {
+            client: client_addr,
+            https: false,
+        }));
         let builder = builder.clone();
         let (open, mut closing) = (open.clone(), stopped.clone());
         tokio::spawn(async move {
