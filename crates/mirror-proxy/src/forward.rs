@@ -22,7 +22,7 @@ use tower_mirror::client::tls;
 use tower_mirror::outbound::hop;
 
 use crate::config::Upstream;
-use crate::telemetry::{Telemetry, UpstreamError};
+use crate::telemetry::{Rejection, Telemetry, UpstreamError};
 
 /// The body of a response to the client: the upstream's, streamed, or a short error text.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -117,6 +117,9 @@ where
     let upgrade = hop::is_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let Some(uri) = shared.upstream.base.join(request.uri()) else {
+        shared
+            .telemetry
+            .record_rejected(Rejection::NoPath, request.uri());
         return short(
             StatusCode::BAD_REQUEST,
             "400 Bad Request: the request target has no path\n",

@@ -121,9 +121,99 @@ pub enum UpstreamError {
     Timeout,
 }
 
+/// Why the proxy itself answered or closed a client's request or connection instead of
+/// forwarding it: the client's fault or a limit, never the upstream's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// A request head that could not be parsed (answered 400 by the HTTP parser).
+    BadRequest,
+    /// A request head over the byte or header-count limit (answered 431).
+    HeadTooLarge,
+    /// A request head not received within the header timeout (connection closed).
+    HeaderTimeout,
+    /// A request body that stalled longer than the body timeout (answered 408).
+    BodyTimeout,
+    /// A request body that failed or was cut short by the client (answered 400 when the
+    /// connection could still carry an answer).
+    BodyError,
+    /// A connection with no traffic for the idle timeout (closed).
+    IdleTimeout,
+    /// A response the client did not read for the send timeout (connection closed).
+    SendTimeout,
+    /// An HTTP/2 protocol error or another connection-level error (closed).
+    ProtocolError,
+    /// A request target with no path to forward (answered 400).
+    NoPath,
+}
+
+impl Rejection {
+    /// Every reason, in `/stats` order.
+    pub const ALL: [Self; 9] = [
+        Self::BadRequest,
+        Self::HeadTooLarge,
+        Self::HeaderTimeout,
+        Self::BodyTimeout,
+        Self::BodyError,
+        Self::IdleTimeout,
+        Self::SendTimeout,
+        Self::ProtocolError,
+        Self::NoPath,
+    ];
+
+    /// The stable snake_case label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::HeadTooLarge => "head_too_large",
+            Self::HeaderTimeout => "header_timeout",
+            Self::BodyTimeout => "body_timeout",
+            Self::BodyError => "body_error",
+            Self::IdleTimeout => "idle_timeout",
+            Self::SendTimeout => "send_timeout",
+            Self::ProtocolError => "protocol_error",
+            Self::NoPath => "no_path",
+        }
+    }
+
+    /// The status the client was answered with; `None` when the connection was closed
+    /// without one.
+    pub fn status(self) -> Option<u16> {
+        match self {
+            Self::BadRequest | Self::BodyError | Self::NoPath => Some(400),
+            Self::HeadTooLarge => Some(431),
+            Self::BodyTimeout => Some(408),
+            Self::HeaderTimeout | Self::IdleTimeout | Self::SendTimeout | Self::ProtocolError => {
+                None
+            }
+        }
+    }
+}
+
+/// Counters by [`Rejection`], with a rate-limited log line for each reason.
+#[derive(Debug, Default)]
+pub struct Rejections {
+    counts: [AtomicU64; 9],
+    last_log_ms: [AtomicU64; 9],
+    unlogged: [AtomicU64; 9],
+}
+
+impl Rejections {
+    /// The count of one reason.
+    pub fn get(&self, reason: Rejection) -> u64 {
+        self.counts[reason as usize].load(Relaxed)
+    }
+
+    /// Each reason with its count.
+    pub fn iter(&self) -> impl Iterator<Item = (Rejection, u64)> + '_ {
+        Rejection::ALL.into_iter().map(|r| (r, self.get(r)))
+    }
+}
+
 /// The primary path's counters.
 #[derive(Debug, Default)]
 pub struct PrimaryStats {
+    /// Requests and connections the proxy refused itself, by reason.
+    pub rejected: Rejections,
     /// Responses to clients, by status class (502 and 504 included).
     pub responses: StatusClasses,
     /// Requests the upstream did not answer: refused or reset.
@@ -213,6 +303,33 @@ impl Telemetry {
     pub fn record_upstream_latency(&self, latency: Duration) {
         self.primary.upstream_latency.record(latency);
         self.upstream_latency_metric.record(latency.as_secs_f64());
+    }
+
+    /// The proxy refused a request or closed a connection itself: counted, and logged at
+    /// most once a second per reason (with the number of lines left out since).
+    pub fn record_rejected(&self, reason: Rejection, detail: &dyn std::fmt::Display) {
+        let rejected = &self.primary.rejected;
+        let i = reason as usize;
+        rejected.counts[i].fetch_add(1, Relaxed);
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
+        let last = rejected.last_log_ms[i].load(Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64;
+        if due
+            && rejected.last_log_ms[i]
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            let suppressed = rejected.unlogged[i].swap(0, Relaxed);
+            tracing::warn!(
+                reason = reason.label(),
+                status = reason.status(),
+                detail = %detail,
+                suppressed,
+                "request rejected"
+            );
+        } else {
+            rejected.unlogged[i].fetch_add(1, Relaxed);
+        }
     }
 
     /// The upstream failed to answer.
@@ -313,6 +430,13 @@ impl Telemetry {
                 "upstream_unavailable": primary.upstream_unavailable.load(Relaxed),
                 "upstream_timeouts": primary.upstream_timeouts.load(Relaxed),
                 "upstream_latency_ms": primary.upstream_latency.summary_ms(),
+                "rejected": Value::Object(
+                    primary
+                        .rejected
+                        .iter()
+                        .map(|(r, n)| (r.label().to_owned(), json!(n)))
+                        .collect()
+                ),
             },
         });
         if let Some(mirror) = mirror {
@@ -368,6 +492,15 @@ impl Telemetry {
         for (kind, n) in errors {
             metrics::counter!("proxy_upstream_errors_total", "kind" => kind)
                 .absolute(n.load(Relaxed));
+        }
+        for (reason, n) in self.primary.rejected.iter() {
+            let status = reason.status().map_or("none".to_owned(), |s| s.to_string());
+            metrics::counter!(
+                "mirror_proxy_rejected_total",
+                "reason" => reason.label(),
+                "status" => status
+            )
+            .absolute(n);
         }
         for target in &self.targets {
             for (class, n) in target.responses.iter() {
