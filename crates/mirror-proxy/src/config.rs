@@ -120,6 +120,42 @@ pub struct RunArgs {
     /// Log format on stderr [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// The longest a client may take to send a request head, counted from when the connection
+    /// is ready for one, so it also ends idle HTTP/1.1 keep-alive connections [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub header_timeout: Option<Duration>,
+    /// Close a client connection with no traffic either way for this long (idle HTTP/2
+    /// connections, stalled ones) [default: 75s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// The longest wait for the next piece of a request body; then 408 [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub body_timeout: Option<Duration>,
+    /// Close a client connection whose response write has made no progress for this long
+    /// (a client that stopped reading) [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub send_timeout: Option<Duration>,
+    /// Client connections open at once, over all workers; at the limit the proxy stops
+    /// accepting until one closes [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// The largest request head (request line and headers); larger ones get 431 [default:
+    /// 32KiB; at least 8KiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_header_bytes: Option<usize>,
+    /// The most header fields in a request head (HTTP/1.1); more get 431 [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_headers: Option<usize>,
+    /// Concurrent streams per HTTP/2 client connection [default: 128].
+    #[arg(long, value_name = "N")]
+    pub max_concurrent_streams: Option<u32>,
+    /// Serve clients over TLS with this certificate chain (PEM); needs --tls-key. ALPN offers
+    /// h2 and http/1.1, and X-Forwarded-Proto says https.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// How logs are written.
@@ -164,6 +200,16 @@ struct FileConfig {
     max_buffered: Option<HumanSize>,
     max_in_flight: Option<usize>,
     upstream_timeout: Option<HumanDuration>,
+    header_timeout: Option<HumanDuration>,
+    idle_timeout: Option<HumanDuration>,
+    body_timeout: Option<HumanDuration>,
+    send_timeout: Option<HumanDuration>,
+    max_connections: Option<usize>,
+    max_header_bytes: Option<HumanSize>,
+    max_headers: Option<usize>,
+    max_concurrent_streams: Option<u32>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     workers: Option<usize>,
     admin: Option<SocketAddr>,
     drain_timeout: Option<HumanDuration>,
@@ -378,6 +424,8 @@ pub struct Config {
     pub workers: usize,
     pub upstream: Upstream,
     pub upstream_timeout: Duration,
+    /// Limits on client connections.
+    pub edge: Edge,
     /// The mirroring options (targets included); `targets` is empty for a plain proxy.
     pub mirror: MirrorSettings,
     pub admin: Option<SocketAddr>,
@@ -387,6 +435,51 @@ pub struct Config {
     pub tls_roots: rustls::RootCertStore,
     /// Skip certificate verification for mirror targets (never for the upstream).
     pub danger_accept_invalid_certs: bool,
+}
+
+/// Limits on client connections, with nginx's defaults where it has one.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    /// To receive a request head (nginx `client_header_timeout`, 60 s).
+    pub header_timeout: Duration,
+    /// With no traffic either way (nginx: 75 s keep-alive, 60 s HTTP/2 idle).
+    pub idle_timeout: Duration,
+    /// Between two pieces of a request body (nginx `client_body_timeout`, 60 s).
+    pub body_timeout: Duration,
+    /// For a response write to make progress (nginx `send_timeout`, 60 s).
+    pub send_timeout: Duration,
+    /// Client connections at once, over all workers.
+    pub max_connections: usize,
+    /// Bytes of a request head (nginx: 4 buffers of 8 KiB, 32 KiB).
+    pub max_header_bytes: usize,
+    /// Header fields in an HTTP/1.1 request head (nginx has no count limit; hyper's default
+    /// of 100 refuses requests that nginx forwards).
+    pub max_headers: usize,
+    /// Streams per HTTP/2 connection (nginx `http2_max_concurrent_streams`, 128).
+    pub max_concurrent_streams: u32,
+    /// Inbound TLS: certificate chain and key files.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl Edge {
+    /// hyper's smallest read buffer: a head limit below it cannot be enforced.
+    pub const MIN_HEADER_BYTES: usize = 8192;
+}
+
+impl Default for Edge {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(75),
+            body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_header_bytes: 32 << 10,
+            max_headers: 256,
+            max_concurrent_streams: 128,
+            tls: None,
+        }
+    }
 }
 
 /// What is handed to tower-mirror.
@@ -503,6 +596,50 @@ impl Config {
             listen,
             workers,
             upstream,
+            edge: {
+                let d = Edge::default();
+                let duration = |flag: Option<Duration>, file: Option<HumanDuration>, default| {
+                    flag.or(file.map(|d| d.0)).unwrap_or(default)
+                };
+                Edge {
+                    header_timeout: duration(
+                        args.header_timeout,
+                        file.header_timeout,
+                        d.header_timeout,
+                    ),
+                    idle_timeout: duration(args.idle_timeout, file.idle_timeout, d.idle_timeout),
+                    body_timeout: duration(args.body_timeout, file.body_timeout, d.body_timeout),
+                    send_timeout: duration(args.send_timeout, file.send_timeout, d.send_timeout),
+                    max_connections: args
+                        .max_connections
+                        .or(file.max_connections)
+                        .unwrap_or(d.max_connections),
+                    max_header_bytes: args
+                        .max_header_bytes
+                        .or(file.max_header_bytes.map(|s| s.0))
+                        .unwrap_or(d.max_header_bytes),
+                    max_headers: args
+                        .max_headers
+                        .or(file.max_headers)
+                        .unwrap_or(d.max_headers),
+                    max_concurrent_streams: args
+                        .max_concurrent_streams
+                        .or(file.max_concurrent_streams)
+                        .unwrap_or(d.max_concurrent_streams),
+                    tls: match (
+                        args.tls_cert.clone().or(file.tls_cert),
+                        args.tls_key.clone().or(file.tls_key),
+                    ) {
+                        (Some(cert), Some(key)) => Some((cert, key)),
+                        (None, None) => None,
+                        _ => {
+                            return Err(error(
+                                "--tls-cert and --tls-key go together: give both or neither",
+                            ));
+                        }
+                    },
+                }
+            },
             upstream_timeout: args
                 .upstream_timeout
                 .or(file.upstream_timeout.map(|d| d.0))
@@ -561,6 +698,32 @@ impl Config {
         }
         if self.workers == 0 || self.workers > 1024 {
             return Err(error(format!("--workers {}: use 1 to 1024", self.workers)));
+        }
+        let edge = &self.edge;
+        for (flag, value) in [
+            ("--header-timeout", edge.header_timeout),
+            ("--idle-timeout", edge.idle_timeout),
+            ("--body-timeout", edge.body_timeout),
+            ("--send-timeout", edge.send_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(error(format!("{flag} must be greater than zero")));
+            }
+        }
+        if edge.max_connections == 0 {
+            return Err(error("--max-connections must be at least 1"));
+        }
+        if edge.max_header_bytes < Edge::MIN_HEADER_BYTES {
+            return Err(error(format!(
+                "--max-header-bytes {}: at least {} bytes (8KiB)",
+                edge.max_header_bytes,
+                Edge::MIN_HEADER_BYTES
+            )));
+        }
+        if edge.max_headers == 0 || edge.max_concurrent_streams == 0 {
+            return Err(error(
+                "--max-headers and --max-concurrent-streams must be at least 1",
+            ));
         }
         if self.mirror.max_body > self.mirror.max_buffered {
             return Err(error(format!(

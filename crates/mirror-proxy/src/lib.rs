@@ -10,9 +10,11 @@ pub mod config;
 pub mod demo;
 pub mod diff_page;
 pub mod forward;
+pub mod limits;
 pub mod normalize;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 mod units;
 
 pub use config::{Cli, Command, Config, ConfigError, LogFormat};

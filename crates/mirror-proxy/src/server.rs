@@ -18,18 +18,21 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
 use tower::{Layer, Service};
 use tower_mirror::diff::Diff;
 use tower_mirror::{DrainReport, HttpSender, MirrorBody, MirrorLayer, Options, SendFuture, Sender};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Edge};
 use crate::forward::{Forward, ForwardShared};
+use crate::limits::{Activity, TimeoutBody, Watched};
 use crate::normalize::{Inbound, normalize};
+use crate::telemetry::Rejection;
 use crate::telemetry::Telemetry;
 use tower_mirror::Target;
 
@@ -44,6 +47,7 @@ pub struct Proxy {
     /// The comparisons, when a target is compared.
     diff: Option<Diff>,
     telemetry: Arc<Telemetry>,
+    edge: Arc<EdgeRuntime>,
 }
 
 /// What a shutdown left undone.
@@ -81,6 +85,10 @@ impl Proxy {
             let (mirror, diff) = mirror_layer(&config, &telemetry)?;
             (Some(mirror), diff)
         };
+        let edge = Arc::new(EdgeRuntime::new(
+            config.edge.clone(),
+            Arc::clone(&telemetry),
+        )?);
         Ok(Self {
             config,
             workers,
@@ -88,6 +96,7 @@ impl Proxy {
             mirror,
             diff,
             telemetry,
+            edge,
         })
     }
 
@@ -148,7 +157,9 @@ impl Proxy {
             stopped,
             exiting,
             open,
+            edge: Arc::clone(&self.edge),
         };
+        let body_timeout = self.config.edge.body_timeout;
         let upstream = UpstreamClients {
             upstream: self.config.upstream.clone(),
             timeout: self.config.upstream_timeout,
@@ -162,13 +173,14 @@ impl Proxy {
                     let shared = upstream.for_worker();
                     let mirror = mirror.clone();
                     move |inbound| {
-                        normalized(mirror.layer(Forward::new(Arc::clone(&shared))), inbound)
+                        let forward = mirror.layer(Forward::new(Arc::clone(&shared)));
+                        normalized(forward, inbound, body_timeout)
                     }
                 })
             }
             None => spawn_workers(self.workers, signals, move || {
                 let shared = upstream.for_worker();
-                move |inbound| normalized(Forward::new(Arc::clone(&shared)), inbound)
+                move |inbound| normalized(Forward::new(Arc::clone(&shared)), inbound, body_timeout)
             }),
         };
 
@@ -215,13 +227,18 @@ impl Proxy {
 
 /// `service` behind the normalisation step, so the mirror layer and the upstream see the same
 /// request.
+/// Its request bodies may stall for at most `body_timeout` between two pieces.
 fn normalized<S>(
     service: S,
     inbound: Inbound,
-) -> tower::util::MapRequest<S, impl FnMut(Request<Incoming>) -> Request<Incoming> + Clone> {
+    body_timeout: Duration,
+) -> tower::util::MapRequest<
+    S,
+    impl FnMut(Request<Incoming>) -> Request<TimeoutBody<Incoming>> + Clone,
+> {
     tower::util::MapRequest::new(service, move |mut request: Request<Incoming>| {
         normalize(&mut request, inbound);
-        request
+        request.map(|body| TimeoutBody::new(body, body_timeout))
     })
 }
 
@@ -405,6 +422,8 @@ struct Signals {
     exiting: watch::Receiver<bool>,
     /// Held by every accept loop and connection.
     open: mpsc::Sender<()>,
+    /// The edge limits, shared by every worker.
+    edge: Arc<EdgeRuntime>,
 }
 
 /// Starts one thread per worker, each running `build`'s service maker on its own runtime;
@@ -457,43 +476,224 @@ where
         mut stopped,
         mut exiting,
         open,
+        edge,
     } = signals;
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = edge.http_builder();
+    let mut backoff = AcceptBackoff::default();
     loop {
+        // A place among max_connections first. At the limit the proxy stops accepting, so new
+        // connections wait in the kernel's backlog until one closes.
+        let permit = match Arc::clone(&edge.connections).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                edge.telemetry.record_connection_limit();
+                tokio::select! {
+                    permit = Arc::clone(&edge.connections).acquire_owned() => {
+                        permit.expect("the semaphore is never closed")
+                    }
+                    _ = stopped.wait_for(|s| *s) => break,
+                }
+            }
+        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stopped.wait_for(|s| *s) => break,
         };
         let (stream, client_addr) = match accepted {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                backoff.reset();
+                accepted
+            }
             Err(error) => {
-                // Out of file descriptors, or a connection reset before accept: keep serving.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Out of file descriptors, or a connection reset before accept: keep serving,
+                // count it, log at most once a second, and back off so a lasting failure does
+                // not spin.
+                edge.telemetry.record_accept_error(&error);
+                tokio::time::sleep(backoff.next()).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(make(Inbound {
+        let inbound = Inbound {
             client: client_addr,
-            https: false,
-        }));
-        let builder = builder.clone();
-        let (open, mut closing) = (open.clone(), stopped.clone());
+            https: edge.tls.is_some(),
+        };
+        let service = TowerToHyperService::new(make(inbound));
+        let (builder, edge) = (builder.clone(), Arc::clone(&edge));
+        let (open, closing) = (open.clone(), stopped.clone());
         tokio::spawn(async move {
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = async { drop(closing.wait_for(|close| *close).await) } => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            let (io, activity) = Watched::new(stream);
+            match &edge.tls {
+                None => serve_connection(&builder, &edge, io, &activity, service, closing).await,
+                Some(tls) => {
+                    let handshake = tls.accept(io);
+                    match tokio::time::timeout(edge.settings.header_timeout, handshake).await {
+                        Ok(Ok(io)) => {
+                            serve_connection(&builder, &edge, io, &activity, service, closing)
+                                .await;
+                        }
+                        Ok(Err(error)) => {
+                            edge.telemetry
+                                .record_rejected(Rejection::TlsHandshake, &error);
+                        }
+                        Err(_elapsed) => {
+                            let detail = "the TLS handshake took longer than the header timeout";
+                            edge.telemetry
+                                .record_rejected(Rejection::TlsHandshake, &detail);
+                        }
+                    }
                 }
             }
+            drop(permit);
             drop(open);
         });
     }
     drop(listener);
     drop(open);
     let _ = exiting.wait_for(|e| *e).await;
+}
+
+/// Serves one client connection until it ends, its limits expire, or shutdown asks it to
+/// close; counts why the proxy ended it, when it did.
+async fn serve_connection<IO, S, ResBody>(
+    builder: &auto::Builder<TokioExecutor>,
+    edge: &EdgeRuntime,
+    io: IO,
+    activity: &Activity,
+    service: TowerToHyperService<S>,
+    mut closing: watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<ResBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    let settings = &edge.settings;
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                if let Some(reason) = classify(&*error) {
+                    edge.telemetry.record_rejected(reason, &error);
+                }
+            }
+        }
+        reason = activity.expired(settings.idle_timeout, settings.send_timeout) => {
+            // Dropping the connection closes it, and with it any upstream exchange it holds.
+            let detail = match reason {
+                Rejection::SendTimeout => "the client stopped reading its response",
+                _ => "no traffic on the connection",
+            };
+            edge.telemetry.record_rejected(reason, &detail);
+        }
+        () = async { drop(closing.wait_for(|close| *close).await) } => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+/// Why a connection that ended with `error` was the proxy's refusal, if it was: a head it
+/// could not parse (hyper answered 400) or too large (431), a head not received in time.
+/// A client that went away is no refusal.
+fn classify(error: &(dyn std::error::Error + 'static)) -> Option<Rejection> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
+            return if hyper.is_parse_too_large() {
+                Some(Rejection::HeadTooLarge)
+            } else if hyper.is_parse() || hyper.is_parse_version_h2() {
+                Some(Rejection::BadRequest)
+            } else if hyper.is_timeout() {
+                Some(Rejection::HeaderTimeout)
+            } else if hyper.is_incomplete_message()
+                || hyper.is_canceled()
+                || hyper.is_closed()
+                || hyper.is_body_write_aborted()
+                || hyper.is_user()
+            {
+                None
+            } else {
+                hyper_h2_error(hyper)
+            };
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// An HTTP/2 connection error the client caused (a protocol violation), as opposed to an IO
+/// error (the client went away).
+fn hyper_h2_error(error: &hyper::Error) -> Option<Rejection> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(source) = current {
+        if source.downcast_ref::<std::io::Error>().is_some() {
+            return None;
+        }
+        current = source.source();
+    }
+    Some(Rejection::ProtocolError)
+}
+
+/// The pause after a failed accept: 10 ms, doubling to at most 1 s while failures last.
+#[derive(Debug, Default)]
+struct AcceptBackoff(u32);
+
+impl AcceptBackoff {
+    fn next(&mut self) -> Duration {
+        let pause = Duration::from_millis(10 << self.0.min(7)).min(Duration::from_secs(1));
+        self.0 = self.0.saturating_add(1);
+        pause
+    }
+
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
+
+/// What every worker's connections share: the edge settings, the connection count, TLS.
+struct EdgeRuntime {
+    settings: Edge,
+    telemetry: Arc<Telemetry>,
+    connections: Arc<Semaphore>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl EdgeRuntime {
+    fn new(settings: Edge, telemetry: Arc<Telemetry>) -> Result<Self, ConfigError> {
+        let tls = match &settings.tls {
+            Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
+            None => None,
+        };
+        Ok(Self {
+            connections: Arc::new(Semaphore::new(settings.max_connections)),
+            settings,
+            telemetry,
+            tls,
+        })
+    }
+
+    /// hyper's server, with the edge limits: head timeout (with a timer, without which hyper
+    /// silently has none), head size and field count, HTTP/2 streams and header list size.
+    fn http_builder(&self) -> auto::Builder<TokioExecutor> {
+        let settings = &self.settings;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_timeout)
+            .max_buf_size(settings.max_header_bytes)
+            .max_headers(settings.max_headers);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(settings.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+        builder
+    }
 }

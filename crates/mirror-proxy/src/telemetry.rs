@@ -144,11 +144,13 @@ pub enum Rejection {
     ProtocolError,
     /// A request target with no path to forward (answered 400).
     NoPath,
+    /// A TLS handshake that failed or took longer than the header timeout (closed).
+    TlsHandshake,
 }
 
 impl Rejection {
     /// Every reason, in `/stats` order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::BadRequest,
         Self::HeadTooLarge,
         Self::HeaderTimeout,
@@ -158,6 +160,7 @@ impl Rejection {
         Self::SendTimeout,
         Self::ProtocolError,
         Self::NoPath,
+        Self::TlsHandshake,
     ];
 
     /// The stable snake_case label.
@@ -172,6 +175,7 @@ impl Rejection {
             Self::SendTimeout => "send_timeout",
             Self::ProtocolError => "protocol_error",
             Self::NoPath => "no_path",
+            Self::TlsHandshake => "tls_handshake",
         }
     }
 
@@ -182,9 +186,11 @@ impl Rejection {
             Self::BadRequest | Self::BodyError | Self::NoPath => Some(400),
             Self::HeadTooLarge => Some(431),
             Self::BodyTimeout => Some(408),
-            Self::HeaderTimeout | Self::IdleTimeout | Self::SendTimeout | Self::ProtocolError => {
-                None
-            }
+            Self::HeaderTimeout
+            | Self::IdleTimeout
+            | Self::SendTimeout
+            | Self::ProtocolError
+            | Self::TlsHandshake => None,
         }
     }
 }
@@ -192,9 +198,9 @@ impl Rejection {
 /// Counters by [`Rejection`], with a rate-limited log line for each reason.
 #[derive(Debug, Default)]
 pub struct Rejections {
-    counts: [AtomicU64; 9],
-    last_log_ms: [AtomicU64; 9],
-    unlogged: [AtomicU64; 9],
+    counts: [AtomicU64; 10],
+    last_log_ms: [AtomicU64; 10],
+    unlogged: [AtomicU64; 10],
 }
 
 impl Rejections {
@@ -209,9 +215,23 @@ impl Rejections {
     }
 }
 
+/// Connection-level events that are not about one request.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    /// Times the proxy reached `--max-connections` and stopped accepting.
+    pub limit_reached: AtomicU64,
+    /// Failed accepts (out of file descriptors, say).
+    pub accept_errors: AtomicU64,
+    last_limit_log_ms: AtomicU64,
+    last_accept_log_ms: AtomicU64,
+    unlogged_accept_errors: AtomicU64,
+}
+
 /// The primary path's counters.
 #[derive(Debug, Default)]
 pub struct PrimaryStats {
+    /// Connection-level events.
+    pub connections: ConnectionStats,
     /// Requests and connections the proxy refused itself, by reason.
     pub rejected: Rejections,
     /// Responses to clients, by status class (502 and 504 included).
@@ -311,14 +331,11 @@ impl Telemetry {
         let rejected = &self.primary.rejected;
         let i = reason as usize;
         rejected.counts[i].fetch_add(1, Relaxed);
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
-        let last = rejected.last_log_ms[i].load(Relaxed);
-        let due = last == 0 || now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64;
-        if due
-            && rejected.last_log_ms[i]
-                .compare_exchange(last, now, Relaxed, Relaxed)
-                .is_ok()
-        {
+        if reason == Rejection::IdleTimeout {
+            // Closing idle connections is housekeeping, not news: counted, not logged.
+            return;
+        }
+        if self.due(&rejected.last_log_ms[i]) {
             let suppressed = rejected.unlogged[i].swap(0, Relaxed);
             tracing::warn!(
                 reason = reason.label(),
@@ -330,6 +347,38 @@ impl Telemetry {
         } else {
             rejected.unlogged[i].fetch_add(1, Relaxed);
         }
+    }
+
+    /// `--max-connections` was reached: the proxy stops accepting until a connection closes.
+    pub fn record_connection_limit(&self) {
+        let connections = &self.primary.connections;
+        connections.limit_reached.fetch_add(1, Relaxed);
+        if self.due(&connections.last_limit_log_ms) {
+            tracing::warn!(
+                reached = connections.limit_reached.load(Relaxed),
+                "connection limit reached: not accepting until a connection closes"
+            );
+        }
+    }
+
+    /// An accept failed; logged at most once a second, with the failures left out since.
+    pub fn record_accept_error(&self, error: &std::io::Error) {
+        let connections = &self.primary.connections;
+        connections.accept_errors.fetch_add(1, Relaxed);
+        if self.due(&connections.last_accept_log_ms) {
+            let suppressed = connections.unlogged_accept_errors.swap(0, Relaxed);
+            tracing::warn!(%error, suppressed, "accept failed");
+        } else {
+            connections.unlogged_accept_errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// True, once a second at most, for the log line whose last time `last` holds.
+    fn due(&self, last: &AtomicU64) -> bool {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
+        let before = last.load(Relaxed);
+        let due = before == 0 || now.saturating_sub(before) >= LOG_EVERY.as_millis() as u64;
+        due && last.compare_exchange(before, now, Relaxed, Relaxed).is_ok()
     }
 
     /// The upstream failed to answer.
@@ -430,6 +479,8 @@ impl Telemetry {
                 "upstream_unavailable": primary.upstream_unavailable.load(Relaxed),
                 "upstream_timeouts": primary.upstream_timeouts.load(Relaxed),
                 "upstream_latency_ms": primary.upstream_latency.summary_ms(),
+                "connection_limit_reached": primary.connections.limit_reached.load(Relaxed),
+                "accept_errors": primary.connections.accept_errors.load(Relaxed),
                 "rejected": Value::Object(
                     primary
                         .rejected
@@ -493,6 +544,11 @@ impl Telemetry {
             metrics::counter!("proxy_upstream_errors_total", "kind" => kind)
                 .absolute(n.load(Relaxed));
         }
+        let connections = &self.primary.connections;
+        metrics::counter!("mirror_proxy_connection_limit_reached_total")
+            .absolute(connections.limit_reached.load(Relaxed));
+        metrics::counter!("mirror_proxy_accept_errors_total")
+            .absolute(connections.accept_errors.load(Relaxed));
         for (reason, n) in self.primary.rejected.iter() {
             let status = reason.status().map_or("none".to_owned(), |s| s.to_string());
             metrics::counter!(

@@ -171,3 +171,275 @@ async fn a_bare_upgrade_header_is_forwarded_and_mirrored_as_a_plain_request() {
     assert_eq!(&mirrored.body[..], b"body");
     assert!(!up.headers.contains_key("upgrade") && !mirrored.headers.contains_key("upgrade"));
 }
+
+/// `primary.rejected.REASON` in /stats.
+fn rejected(stats: &serde_json::Value, reason: &str) -> u64 {
+    stats["primary"]["rejected"][reason]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no rejected.{reason} in {stats:#}"))
+}
+
+/// Reads from `stream` until the proxy closes it (or resets it); fails after the deadline.
+async fn closed_by_proxy(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    within("the proxy to close the connection", async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    got
+}
+
+/// Sends a raw request head, reads the answer until the proxy closes the connection.
+async fn exchange(addr: std::net::SocketAddr, head: String) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    String::from_utf8_lossy(&closed_by_proxy(&mut stream).await).into_owned()
+}
+
+/// The proxy's peak resident memory (VmHWM), from /proc.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// Slow clients are closed by the header timeout: one that sends part of a head and stops,
+/// one that drips a byte at a time (the timeout is for the whole head, so dripping does not
+/// extend it), and an idle keep-alive connection after its request. Each is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_clients_are_closed_by_the_header_timeout() {
+    let upstream = Server::upstream().await;
+    let proxy = Proxy::start(&["--upstream", &upstream.url, "--header-timeout", "300ms"]).await;
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        stalled.push(stream);
+    }
+    let mut dripping = TcpStream::connect(proxy.addr).await.unwrap();
+    let drip = tokio::spawn(async move {
+        // One byte every 50 ms, for at most 10 s: the header timeout ends it long before.
+        for byte in b"GET /drip HTTP/1.1\r\nHost: x\r\nX-Long: "
+            .iter()
+            .cycle()
+            .take(200)
+        {
+            if dripping.write_all(&[*byte]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    });
+    let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
+    idle.write_all(b"GET /once HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answered = closed_by_proxy(&mut idle).await;
+    assert!(
+        answered.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answered)
+    );
+    for stream in &mut stalled {
+        closed_by_proxy(stream).await;
+    }
+    assert!(
+        within("the dripping client to be cut off", drip)
+            .await
+            .unwrap()
+    );
+    let stats = proxy
+        .wait_stats("21 header timeouts", |s| {
+            rejected(s, "header_timeout") >= 21
+        })
+        .await;
+    assert_eq!(upstream.count(), 1, "{stats:#}");
+}
+
+/// Request heads: 121 header fields are forwarded (hyper's default limit of 100 would refuse
+/// them, nginx does not); over --max-headers or --max-header-bytes a 431, counted; a head
+/// that cannot be parsed a 400, counted. Neither reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_limits_answer_431_and_count_every_refusal() {
+    let upstream = Server::upstream().await;
+    let shadow = Server::shadow().await;
+    let proxy = Proxy::start(&["--upstream", &upstream.url, "--mirror", &shadow.url]).await;
+    let raw = |path: &str, fields: usize, field_len: usize| {
+        let mut head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        for i in 0..fields {
+            head.push_str(&format!("x-field-{i}: {}\r\n", "v".repeat(field_len)));
+        }
+        head.push_str("\r\n");
+        head
+    };
+    let ok = exchange(proxy.addr, raw("/many", 121, 8)).await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let too_many = exchange(proxy.addr, raw("/too-many", 300, 8)).await;
+    assert!(too_many.starts_with("HTTP/1.1 431"), "{too_many}");
+    let too_big = exchange(proxy.addr, raw("/too-big", 10, 4000)).await;
+    assert!(too_big.starts_with("HTTP/1.1 431"), "{too_big}");
+    let garbage = exchange(proxy.addr, "GET /bad HTTP/1.1\r\nHost x\r\n\r\n".to_owned()).await;
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+
+    let stats = proxy
+        .wait_stats("the refusals counted", |s| {
+            rejected(s, "head_too_large") == 2 && rejected(s, "bad_request") == 1
+        })
+        .await;
+    let paths: Vec<String> = upstream
+        .received()
+        .iter()
+        .map(|r| r.uri.path().to_owned())
+        .collect();
+    assert_eq!(paths, ["/many"], "{stats:#}");
+    shadow.wait_for(1).await;
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        support::sample(
+            &metrics,
+            "mirror_proxy_rejected_total{reason=\"head_too_large\",status=\"431\"}"
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+}
+
+/// 300 connections each pushing a 100 KB request head (and holding it open) cost bounded
+/// memory: each is refused with 431 once it passes the 32 KiB head limit, instead of being
+/// buffered up to the ~400 KiB hyper allows by default. Peak RSS read from /proc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_cost_bounded_memory() {
+    let upstream = Server::upstream().await;
+    let proxy = Proxy::start(&["--upstream", &upstream.url, "--header-timeout", "30s"]).await;
+    let before = peak_rss_kib(proxy.pid());
+    let field = format!("x-pad: {}\r\n", "p".repeat(1000));
+    let head = format!("GET / HTTP/1.1\r\nHost: x\r\n{}", field.repeat(100));
+    let mut writers = Vec::new();
+    for _ in 0..300 {
+        let head = head.clone();
+        let addr = proxy.addr;
+        writers.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            // The proxy stops reading (and closes) past its limit: a failed write is expected.
+            let _ = stream.write_all(head.as_bytes()).await;
+            stream
+        }));
+    }
+    let mut streams = Vec::new();
+    for writer in writers {
+        streams.push(within("a head written", writer).await.unwrap());
+    }
+    let stats = proxy
+        .wait_stats("300 heads refused", |s| {
+            rejected(s, "head_too_large") == 300
+        })
+        .await;
+    let grown = peak_rss_kib(proxy.pid()).saturating_sub(before);
+    // 300 × 100 KB held would be 29 MiB; 300 × 32 KiB at most 9.4 MiB.
+    assert!(grown < 16 * 1024, "peak RSS grew by {grown} KiB: {stats:#}");
+    assert_eq!(upstream.count(), 0);
+    drop(streams);
+}
+
+/// At --max-connections the proxy stops accepting: the next client waits (in the kernel's
+/// backlog) until a connection closes, then is served; the event is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_holds() {
+    let upstream = Server::upstream().await;
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &upstream.url,
+        "--max-connections",
+        "2",
+        "--workers",
+        "1",
+    ])
+    .await;
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let request = format!("GET /held/{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = within("an answer", stream.read(&mut buf)).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(stream);
+    }
+    let mut third = TcpStream::connect(proxy.addr).await.unwrap();
+    third
+        .write_all(b"GET /third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    proxy
+        .wait_stats("the limit reached", |s| {
+            s["primary"]["connection_limit_reached"].as_u64() >= Some(1)
+        })
+        .await;
+    assert_eq!(
+        upstream.count(),
+        2,
+        "the third client is not served at the limit"
+    );
+    drop(held.pop());
+    let answer = closed_by_proxy(&mut third).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(upstream.count(), 3);
+}
+
+/// A client that stops reading its response is cut off by the send timeout, and the
+/// upstream connection that fed it is closed too (not left ESTABLISHED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_with_its_upstream_connection() {
+    // An upstream that answers 64 MiB to anything and reports when its connection breaks.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_url = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = [0u8; 4096];
+        let _ = stream.read(&mut head).await.unwrap();
+        let size = 64 << 20;
+        let start = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n");
+        stream.write_all(start.as_bytes()).await.unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            if stream.write_all(&chunk).await.is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    let proxy = Proxy::start(&["--upstream", &upstream_url, "--send-timeout", "300ms"]).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Never read: the proxy's writes block, the send timeout closes the connection.
+    assert!(
+        within("the upstream connection to break", upstream)
+            .await
+            .unwrap(),
+        "the upstream wrote all 64 MiB: nothing stopped"
+    );
+    proxy
+        .wait_stats("a send timeout", |s| rejected(s, "send_timeout") == 1)
+        .await;
+    drop(client);
+}

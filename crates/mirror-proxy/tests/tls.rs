@@ -23,6 +23,10 @@ use support::{Proxy, TempDir, eventually, get};
 /// A CA and a certificate it signed for `localhost`.
 struct Pki {
     ca_pem: String,
+    /// The certificate and the CA's, PEM: a chain for `--tls-cert`.
+    chain_pem: String,
+    /// The key, PEM: for `--tls-key`.
+    key_pem: String,
     chain: Vec<CertificateDer<'static>>,
     key_der: Vec<u8>,
 }
@@ -43,6 +47,8 @@ impl Pki {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &issuer).unwrap();
         Self {
+            chain_pem: format!("{}{}", cert.pem(), ca.pem()),
+            key_pem: key.serialize_pem(),
             ca_pem: ca.pem(),
             chain: vec![cert.der().clone(), ca.der().clone()],
             key_der: key.serialize_der(),
@@ -190,4 +196,100 @@ async fn danger_accept_invalid_certs_applies_to_mirror_targets_only_and_is_logge
     );
     eventually("the mirror to reach the shadow", || shadow.requests() == 1).await;
     assert_eq!(upstream.requests(), 0);
+}
+
+/// `--tls-cert`/`--tls-key` serve clients over TLS: a client that verifies the certificate
+/// against the CA gets answers over HTTP/1.1 and HTTP/2 (ALPN), curl too; the upstream and
+/// the shadow both see `X-Forwarded-Proto: https`. A bad key file exits 2 naming the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_are_served() {
+    let pki = Pki::new();
+    let dir = TempDir::new();
+    let cert = dir.file("cert.pem", &pki.chain_pem);
+    let key = dir.file("key.pem", &pki.key_pem);
+    let ca = dir.file("ca.pem", &pki.ca_pem);
+    let upstream = support::Server::upstream().await;
+    let shadow = support::Server::shadow().await;
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &upstream.url,
+        "--mirror",
+        &shadow.url,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    let base = format!("https://localhost:{}", proxy.addr.port());
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.chain[1].clone()).unwrap();
+    let connector =
+        tower_mirror::client::tls::connector(tower_mirror::client::tls::client_config(roots));
+    // A verifying client offering h2 and http/1.1: the proxy's ALPN picks h2.
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build::<_, Full<Bytes>>(connector);
+    let request = Request::get(format!("{base}/tls/h2"))
+        .body(Full::default())
+        .unwrap();
+    let response = support::within("a TLS answer", client.request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    response.into_body().collect().await.unwrap();
+    assert_eq!(
+        upstream.only("/tls/h2").header("x-forwarded-proto"),
+        "https"
+    );
+
+    let mirrored = shadow.wait_for(1).await;
+    assert!(
+        mirrored
+            .iter()
+            .all(|r| r.header("x-forwarded-proto") == "https")
+    );
+
+    // curl over HTTP/1.1, verifying against the CA.
+    let curl = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+        ])
+        .args(["--cacert", ca.to_str().unwrap()])
+        .arg(format!("{base}/tls/curl"))
+        .output()
+        .await
+        .expect("curl runs");
+    assert!(
+        curl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "1.1");
+    assert_eq!(
+        upstream.only("/tls/curl").header("x-forwarded-proto"),
+        "https"
+    );
+
+    let (status, _, stderr) = support::run_to_exit(&[
+        "--upstream",
+        &upstream.url,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        ca.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--tls-key") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
 }

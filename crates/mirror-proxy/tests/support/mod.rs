@@ -196,7 +196,12 @@ impl Server {
                     let service = hyper::service::service_fn(move |request| {
                         handle(Arc::clone(&record), role.clone(), request)
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    // Room for more header fields than hyper's default 100, as nginx allows:
+                    // the proxy's own limits are what the tests look at.
+                    let mut builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    builder.http1().max_headers(1024);
+                    let _ = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await;
                 });
