@@ -8,6 +8,12 @@
 //! `X-Mirrored-From` (the original's host); `Content-Length` is the body length, present exactly
 //! when the original framed a body or there is one; stripped headers are gone, set headers
 //! carry exactly the set values, and every other end-to-end header is forwarded as it was.
+//!
+//! The same original headers also go through the public
+//! `tower_mirror::outbound::hop::remove_hop_by_hop` (the rule mirror-proxy forwards its
+//! upstream requests by): afterwards no standard hop-by-hop header and no header a
+//! `Connection` token names (tokens read as bytes, split on commas, trimmed) is left, and
+//! every other header is kept with its values in order.
 #![no_main]
 
 use std::sync::Arc;
@@ -16,7 +22,8 @@ use arbitrary::Arbitrary;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 use libfuzzer_sys::fuzz_target;
-use tower_mirror::fuzzing::{join, mirror_request};
+use tower_mirror::fuzzing::mirror_request;
+use tower_mirror::outbound::hop::remove_hop_by_hop;
 use tower_mirror::{MirrorLayer, Options, SendFuture, Target};
 
 /// Header names worth trying: the mirror's reserved ones, in both cases, and a few others.
@@ -164,6 +171,7 @@ fn check(input: &Input) {
         };
         original.headers_mut().append(name, value);
     }
+    check_remove_hop_by_hop(original.headers());
 
     let url = match &input.base {
         BaseUrl::Known(i) => BASES[usize::from(*i) % BASES.len()].to_owned(),
@@ -192,7 +200,9 @@ fn check(input: &Input) {
         ..Options::default()
     })
     .is_ok();
-    let joined = join(&url, &uri);
+    let joined = tower_mirror::outbound::BaseUrl::parse(&url)
+        .ok()
+        .and_then(|base| base.join(&uri));
     let Some(mirror) = mirror else {
         assert!(
             !(target_is_valid && joined.is_some()),
@@ -328,7 +338,10 @@ fn check_headers(
     let expected_from = match request.uri().authority() {
         Some(authority) => {
             let text = authority.as_str();
-            text.rsplit_once('@').map_or(text, |(_, host)| host).as_bytes().to_vec()
+            text.rsplit_once('@')
+                .map_or(text, |(_, host)| host)
+                .as_bytes()
+                .to_vec()
         }
         None => original
             .get(header::HOST)
@@ -386,5 +399,53 @@ fn check_headers(
                 || ["x-mirrored-from", "content-length", "te"].contains(&name.as_str()),
             "{name} appeared from nowhere"
         );
+    }
+}
+
+/// The standard hop-by-hop headers (RFC 9110 §7.6.1, and `Proxy-Connection`), written out
+/// here rather than taken from the library.
+const STANDARD_HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// `remove_hop_by_hop` on a copy of `original`: no standard hop-by-hop header and no header a
+/// `Connection` token names is left; every other header is kept, values in order.
+fn check_remove_hop_by_hop(original: &HeaderMap) {
+    let mut headers = original.clone();
+    remove_hop_by_hop(&mut headers);
+    let named_by_connection: Vec<HeaderName> = tokens(original, header::CONNECTION)
+        .iter()
+        .filter_map(|token| HeaderName::from_bytes(token).ok())
+        .collect();
+    for name in STANDARD_HOP_BY_HOP {
+        assert!(!headers.contains_key(*name), "{name} left: {headers:?}");
+    }
+    for name in &named_by_connection {
+        assert!(
+            !headers.contains_key(name),
+            "{name}, named by Connection {:?}, left",
+            original
+                .get_all(header::CONNECTION)
+                .iter()
+                .collect::<Vec<_>>()
+        );
+    }
+    for name in original.keys() {
+        if STANDARD_HOP_BY_HOP.contains(&name.as_str()) || named_by_connection.contains(name) {
+            continue;
+        }
+        let want: Vec<_> = original.get_all(name).iter().collect();
+        let got: Vec<_> = headers.get_all(name).iter().collect();
+        assert_eq!(got, want, "end-to-end header {name} changed");
+    }
+    for name in headers.keys() {
+        assert!(original.contains_key(name), "{name} appeared from nowhere");
     }
 }

@@ -1,17 +1,33 @@
 //! `url_join`: a target's base URL joined with a request target, as a mirror does it.
 //!
 //! Input: the base URL text, one `\n`, then the request-target bytes (parsed as an
-//! `http::Uri`, as hyper parses a request line). Without a `\n`, the target is `/`.
+//! `http::Uri`, as hyper parses a request line). Without a `\n`, the target is `/`. The join
+//! is the public one, `tower_mirror::outbound::BaseUrl::parse(base)?.join(original)`, which
+//! mirrors and mirror-proxy's upstream leg both use.
 //!
 //! Checks: never panics; a joined URI keeps the base's scheme and authority, starts with the
 //! base path (without its trailing slashes) and ends with the original path and query, and
-//! parses back to itself; no join happens only when the base is not a target URL or the
-//! request target has no origin-form path.
+//! parses back to itself; `join` equals `join_path` with the original's path and query; no
+//! join happens only when the base is not a target URL or the request target has no
+//! origin-form path.
 #![no_main]
 
 use http::Uri;
 use libfuzzer_sys::fuzz_target;
-use tower_mirror::fuzzing::join;
+use tower_mirror::outbound::BaseUrl;
+
+/// Joins `original` onto the base URL `base`, as a mirror does; `None` when `base` is not a
+/// valid target URL or `original` has no origin-form path.
+fn join(base: &str, original: &Uri) -> Option<Uri> {
+    let base = BaseUrl::parse(base).ok()?;
+    let joined = base.join(original);
+    assert_eq!(
+        joined,
+        base.join_path(original.path(), original.query()),
+        "join and join_path disagree on {original:?}"
+    );
+    joined
+}
 
 fuzz_target!(|data: &[u8]| {
     let (base, target) = match data.iter().position(|&b| b == b'\n') {
@@ -46,6 +62,10 @@ fn check(base: &str, original: &Uri, joined: Option<Uri>) {
 
     let base_uri: Uri = base.parse().expect("a base that joins is a URI");
     assert!(matches!(base_uri.scheme_str(), Some("http" | "https")));
+    let parsed = BaseUrl::parse(base).expect("a base that joins parses");
+    assert_eq!(Some(parsed.scheme()), base_uri.scheme());
+    assert_eq!(Some(parsed.authority()), base_uri.authority());
+    assert_eq!(parsed.prefix(), base_uri.path().trim_end_matches('/'));
     assert_eq!(
         joined.scheme(),
         base_uri.scheme(),

@@ -340,3 +340,24 @@ pub async fn settled(layer: &tower_mirror::MirrorLayer) -> tower_mirror::MirrorS
     );
     layer.stats()
 }
+
+/// The primary app, served by `axum::serve` on loopback with each connection's peer address
+/// in the request extensions as axum's `ConnectInfo<SocketAddr>`.
+pub async fn serve_with_connect_info(router: axum::Router) -> App {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, service).await });
+    App {
+        addr,
+        url: format!("http://{addr}"),
+    }
+}
+
+/// A plain HTTP/1.1 client whose connections leave from `local` (any 127.0.0.0/8 address is
+/// loopback on Linux, so a test can be many distinct clients).
+pub fn client_from(local: std::net::IpAddr) -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(Some(local));
+    Client::builder(TokioExecutor::new()).build(connector)
+}
