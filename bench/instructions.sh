@@ -3,13 +3,19 @@
 # by valgrind (repeatable to the instruction, unlike timings on a shared machine). For each
 # scenario and mode it runs N1 and N2 requests and reports (I(N2) - I(N1)) / (N2 - N1), which
 # cancels the fixed start-up cost. Usage: bench/instructions.sh [N1 N2]
+# SCENARIOS="a b ..." runs only those (default: every scenario of benches/support/mod.rs);
+# the program is built in CARGO_TARGET_DIR when that is set, else in target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n1=${1:-2000}
 n2=${2:-6000}
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-cargo bench -q -p tower-mirror --bench instructions --no-run >/dev/null 2>&1
-bin=$(ls -t target/release/deps/instructions-* | grep -v '\.d$' | head -n 1)
+build_log=$(mktemp)
+cargo bench -q -p tower-mirror --bench instructions --no-run >"$build_log" 2>&1 \
+  || { cat "$build_log" >&2; rm -f "$build_log"; exit 1; }
+rm -f "$build_log"
+bin=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/instructions-* | grep -v '\.d$' | head -n 1)
+scenarios=${SCENARIOS:-$("$bin" list)}
 
 count() { # scenario mode requests -> total instructions
   valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$2" "$3" 2>&1 \
@@ -17,7 +23,7 @@ count() { # scenario mode requests -> total instructions
 }
 
 printf '| scenario | bare instr/req | mirrored instr/req | added by the layer |\n|---|---:|---:|---:|\n'
-for scenario in not_sampled one_percent get_one_target post_64k_teed get_four_targets; do
+for scenario in $scenarios; do
   per_request() {
     local a b
     a=$(count "$scenario" "$1" "$n1"); b=$(count "$scenario" "$1" "$n2")
@@ -27,4 +33,4 @@ for scenario in not_sampled one_percent get_one_target post_64k_teed get_four_ta
   printf '| %s | %s | %s | %s |\n' "$scenario" "$bare" "$mirrored" $((mirrored - bare))
 done
 echo
-echo "command: bench/instructions.sh $n1 $n2 ($(date -u +%F), $(git rev-parse --short HEAD))"
+echo "command: ${SCENARIOS:+SCENARIOS=\"$SCENARIOS\" }bench/instructions.sh $n1 $n2 ($(date -u +%F), $(git rev-parse --short HEAD 2>/dev/null || echo "no git"))"

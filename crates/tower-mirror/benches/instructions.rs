@@ -9,11 +9,13 @@
 //! ```sh
 //! cargo bench -p tower-mirror --bench instructions --no-run
 //! valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-//!     target/release/deps/instructions-* <scenario> <bare|mirrored> <requests>
+//!     ${CARGO_TARGET_DIR:-target}/release/deps/instructions-* <scenario> <bare|mirrored> <requests>
 //! ```
 //!
 //! Scenarios: `not_sampled` (target at 0 %), `one_percent`, `get_one_target`,
-//! `post_64k_teed`, `get_four_targets`. A plain `cargo bench` runs a short smoke run of each.
+//! `post_64k_teed`, `get_four_targets`, and requests that no target takes: `none_zero_percent`,
+//! `none_filtered`, `none_key_not_chosen`, `none_four_targets` (see `support/mod.rs`).
+//! `list` prints the names. A plain `cargo bench` runs a short smoke run of each.
 
 mod support;
 
@@ -21,12 +23,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
-use http::Request;
 use http_body_util::Full;
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 use tower_mirror::TeeBody;
 
-use support::{SCENARIOS, Scenario, assert_every_mirror_sent, handle, post_body};
+use support::{SCENARIOS, Scenario, handle, once, post_body};
 
 fn run(scenario: &Scenario, mirrored: bool, requests: usize) {
     let body = post_body();
@@ -37,21 +38,18 @@ fn run(scenario: &Scenario, mirrored: bool, requests: usize) {
     let layer = scenario.layer(&Arc::new(AtomicU64::new(0)));
     runtime.block_on(async {
         if mirrored {
-            let mut service = layer.layer(tower::service_fn(handle::<TeeBody<Full<Bytes>>>));
+            let service = layer.layer(tower::service_fn(handle::<TeeBody<Full<Bytes>>>));
             for _ in 0..requests {
-                let ready = ServiceExt::<Request<Full<Bytes>>>::ready(&mut service).await;
-                let _ = ready.expect("ready").call(scenario.request(&body)).await;
-                // Let the mirror tasks run, so that their cost is counted too.
-                tokio::task::yield_now().await;
+                let _ = once(&service, scenario.request(&body)).await;
             }
         } else {
-            let mut service = tower::service_fn(handle::<Full<Bytes>>);
+            let service = tower::service_fn(handle::<Full<Bytes>>);
             for _ in 0..requests {
-                let _ = service.call(scenario.request(&body)).await;
-                tokio::task::yield_now().await;
+                let _ = once(&service, scenario.request(&body)).await;
             }
         }
-        assert_every_mirror_sent(&layer).await;
+        let through_layer = if mirrored { requests } else { 0 };
+        scenario.check(&layer, through_layer as u64).await;
     });
 }
 
@@ -68,6 +66,11 @@ fn main() {
                 mode == "mirrored",
                 requests.parse().expect("a request count"),
             );
+        }
+        [list] if list == "list" => {
+            for scenario in &SCENARIOS {
+                println!("{}", scenario.name);
+            }
         }
         // `cargo bench` passes `--bench`: a smoke run of everything.
         _ => {
