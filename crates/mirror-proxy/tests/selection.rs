@@ -45,10 +45,10 @@ fn target<'a>(stats: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no target {name:?} in {stats:#}"))
 }
 
-/// The decision the docs promise: XXH64 (seed 0) of the key's value, mod 10000, below the
+/// The decision the docs promise: XXH3-64 (seed 0) of the key's value, mod 10000, below the
 /// percentage in hundredths.
 fn chosen(key: &str, percentage: u64) -> bool {
-    xxhash_rust::xxh64::xxh64(key.as_bytes(), 0) % 10_000 < percentage * 100
+    xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % 10_000 < percentage * 100
 }
 
 /// Starts the binary with `toml` as its config file (listen and admin on port 0 added).
@@ -333,7 +333,7 @@ rewrite_path = {{ from = "^/api/v1/", to = "/api/v2/" }}
 async fn client_ip_sampling_uses_the_peer_address() {
     let upstream = Server::upstream().await;
     let shadow = Server::shadow().await;
-    let bucket = xxhash_rust::xxh64::xxh64(b"127.0.0.1", 0) % 10_000;
+    let bucket = xxhash_rust::xxh3::xxh3_64(b"127.0.0.1") % 10_000;
     let (takes, skips) = (bucket / 100 + 1, bucket / 100);
     let dir = TempDir::new();
     let proxy = proxy_with(

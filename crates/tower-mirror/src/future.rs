@@ -11,7 +11,9 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use crate::body::{PrimaryTap, ResponseBody};
+use crate::dispatch::PendingMirror;
 use crate::observe::Observation;
+use crate::stats::SkipReason;
 
 pin_project! {
     /// The response future of [`Mirror`](crate::Mirror): resolves to exactly what the inner
@@ -22,8 +24,9 @@ pin_project! {
     {
         #[pin]
         kind: Kind<F>,
-        // The request's observations, which get the response once its body has streamed.
-        observed: Option<Box<Observed>>,
+        // What waits for the response, if anything: one pointer, so that a request no target
+        // takes moves and drops no more than that.
+        after: Option<Box<After>>,
     }
 }
 
@@ -44,20 +47,28 @@ impl<F: Future> ResponseFuture<F> {
     pub(crate) fn direct(future: F) -> Self {
         Self {
             kind: Kind::Direct { future },
-            observed: None,
+            after: None,
         }
     }
 
     pub(crate) fn sync(future: Pin<Box<dyn Future<Output = F::Output> + Send>>) -> Self {
         Self {
             kind: Kind::Sync { future },
-            observed: None,
+            after: None,
         }
     }
 
+    /// `pending` is sent when the inner service answers, skipped if it never does.
+    pub(crate) fn held(mut self, pending: PendingMirror) -> Self {
+        self.after.get_or_insert_with(Box::default).held = Some(pending);
+        self
+    }
+
     /// The response will be handed to these observations.
-    pub(crate) fn observed(mut self, observed: Option<Box<Observed>>) -> Self {
-        self.observed = observed;
+    pub(crate) fn observed(mut self, observed: Option<Observed>) -> Self {
+        if let Some(observed) = observed {
+            self.after.get_or_insert_with(Box::default).observed = Some(observed);
+        }
         self
     }
 }
@@ -74,7 +85,16 @@ where
             KindProj::Direct { future } => future.poll(cx),
             KindProj::Sync { future } => future.as_mut().poll(cx),
         });
-        let observed = this.observed.take();
+        let Some(mut after) = this.after.take() else {
+            return Poll::Ready(result.map(|response| response.map(ResponseBody::new)));
+        };
+        if let Some(pending) = after.held.take() {
+            match &result {
+                Ok(_) => pending.send(None),
+                Err(_) => pending.skip(SkipReason::PrimaryAborted),
+            }
+        }
+        let observed = after.observed.take();
         Poll::Ready(result.map(|response| match observed {
             Some(observed) => {
                 let tap = PrimaryTap::new(observed.observations, observed.started, &response);
@@ -82,6 +102,24 @@ where
             }
             None => response.map(ResponseBody::new),
         }))
+    }
+}
+
+/// What waits for the primary's response.
+#[derive(Default)]
+struct After {
+    /// Observations, which get the response once its body has streamed.
+    observed: Option<Observed>,
+    /// Mirrors held until the primary answers (`Options::send_after_primary`); dropped
+    /// unanswered, they are counted as skipped.
+    held: Option<PendingMirror>,
+}
+
+impl Drop for After {
+    fn drop(&mut self) {
+        if let Some(pending) = self.held.take() {
+            pending.skip(SkipReason::PrimaryAborted);
+        }
     }
 }
 
@@ -93,12 +131,10 @@ pub(crate) struct Observed {
 
 impl Observed {
     /// `None` when nothing observes the request.
-    pub(crate) fn new(observations: &[Arc<dyn Observation>]) -> Option<Box<Self>> {
-        (!observations.is_empty()).then(|| {
-            Box::new(Self {
-                observations: observations.to_vec(),
-                started: Instant::now(),
-            })
+    pub(crate) fn new(observations: &[Arc<dyn Observation>]) -> Option<Self> {
+        (!observations.is_empty()).then(|| Self {
+            observations: observations.to_vec(),
+            started: Instant::now(),
         })
     }
 }

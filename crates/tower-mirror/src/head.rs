@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use http::header::{HeaderName, HeaderValue};
 use http::{Extensions, HeaderMap, Method, Request, Uri};
 
 /// A borrowed view of a request's head: what a target's filter, key sampler and
@@ -46,6 +47,31 @@ impl<'a> RequestHead<'a> {
         self.extensions
     }
 }
+
+/// The first value of `name`. A request with few header fields (the usual case) is scanned
+/// in order, which costs less than hashing the name for a lookup.
+pub(crate) fn first_value<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Option<&'a HeaderValue> {
+    if headers.keys_len() <= SCAN_LIMIT {
+        headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    } else {
+        headers.get(name)
+    }
+}
+
+/// True when some value of `name` is exactly `value`; scanned like [`first_value`].
+pub(crate) fn has_value(headers: &HeaderMap, name: &HeaderName, value: &HeaderValue) -> bool {
+    if headers.keys_len() <= SCAN_LIMIT {
+        headers.iter().any(|(n, v)| n == name && v == value)
+    } else {
+        headers.get_all(name).iter().any(|v| v == value)
+    }
+}
+
+/// Up to this many distinct names, a scan beats a hashed lookup.
+const SCAN_LIMIT: usize = 8;
 
 /// The client's address, as a request extension: what
 /// [`SampleKey::ClientIp`](crate::SampleKey::ClientIp) samples by.

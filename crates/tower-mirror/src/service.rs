@@ -139,6 +139,9 @@ impl<S> Mirror<S> {
     {
         let body = request.body();
         if !plan.copy_body || body.is_end_stream() {
+            if plan.send_after_primary {
+                return self.forward(request).held(pending);
+            }
             pending.send(None);
             return self.forward(request);
         }

@@ -42,9 +42,9 @@ fn layer_of(targets: Vec<Target>) -> MirrorLayer {
 }
 
 /// The documented key decision, computed here independently of the library:
-/// `xxh64(value, seed 0) % 10000 < percentage × 100`.
+/// `xxh3_64(value) % 10000 < percentage × 100` (XXH3-64, seed 0).
 fn chosen_by_key(value: &str, percentage: u64) -> bool {
-    xxhash_rust::xxh64::xxh64(value.as_bytes(), 0) % 10_000 < percentage * 100
+    xxhash_rust::xxh3::xxh3_64(value.as_bytes()) % 10_000 < percentage * 100
 }
 
 /// The documented counter decision: request number `n` (from 0) of those that reach the
@@ -320,7 +320,7 @@ async fn sticky_sampling_by_header_follows_the_documented_hash() {
         "{} keys at 10 %",
         ten.len()
     );
-    assert_eq!(ten, expected(10), "xxh64(value, 0) % 10000 < 1000");
+    assert_eq!(ten, expected(10), "xxh3_64(value) % 10000 < 1000");
     assert_eq!(five, expected(5));
     assert_eq!(twenty, expected(20));
     assert!(five.is_subset(&twenty), "the shares nest");

@@ -1384,3 +1384,87 @@ async fn a_teed_body_reaches_the_sender_as_the_very_same_bytes() {
         "one chunk, at the original's address"
     );
 }
+
+/// `send_after_primary`: a bodiless request's mirror leaves only once the inner service has
+/// answered, so a request dropped before that (the client went away) reaches no shadow and is
+/// counted; the primary itself still never waits for the mirror.
+#[tokio::test]
+async fn send_after_primary_mirrors_only_what_the_primary_answered() {
+    let shadow = Shadow::start().await;
+    let layer = MirrorLayer::with_options(Options {
+        send_after_primary: true,
+        ..options(vec![Target::new(shadow.url.clone())])
+    })
+    .unwrap();
+    let gate = Gate::closed();
+    let held = gate.clone();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(move || {
+                let held = held.clone();
+                async move {
+                    held.wait().await;
+                    "answered"
+                }
+            }),
+        )
+        .route("/fast", get(|| async { "fast" }))
+        .layer(layer.clone());
+
+    // Answered: mirrored after the answer.
+    let waiting = tokio::spawn(
+        app.clone().oneshot(
+            Request::get("/slow")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        ),
+    );
+    // The handler is holding the request; nothing may have been mirrored yet.
+    let fast = app
+        .clone()
+        .oneshot(
+            Request::get("/fast")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(fast.status(), StatusCode::OK);
+    eventually("the /fast mirror", || shadow.received().len() == 1).await;
+    assert_eq!(shadow.received()[0].uri.path(), "/fast");
+    gate.open();
+    assert_eq!(waiting.await.unwrap().unwrap().status(), StatusCode::OK);
+    eventually("the /slow mirror", || shadow.received().len() == 2).await;
+
+    // Dropped before the answer (a client that went away): never mirrored, counted.
+    let never = Gate::closed();
+    let app = Router::new()
+        .route(
+            "/abandoned",
+            get(move || {
+                let never = never.clone();
+                async move {
+                    never.wait().await;
+                    "unreachable"
+                }
+            }),
+        )
+        .layer(layer.clone());
+    for _ in 0..5 {
+        let request = Request::get("/abandoned")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let call = app.clone().oneshot(request);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), call)
+                .await
+                .is_err()
+        );
+    }
+    let stats = settled(&layer).await;
+    let t = &stats.targets[0];
+    assert_eq!(t.skipped.primary_aborted, 5, "{t:?}");
+    assert_eq!((t.sampled, t.sent, t.responded), (7, 2, 2), "{t:?}");
+    assert_eq!(shadow.received().len(), 2);
+}

@@ -50,6 +50,10 @@ pub(crate) enum Refusal {
     /// No filter, sampled by the `x-user-id` header at [`KEY_PERCENTAGE`]: the request's
     /// [`USER_ID`] is not among the keys chosen.
     Key,
+    /// The same kinds of condition as [`Refusal::Filter`] and a key sampler, for another part
+    /// of the API (`/admin`): the request is refused by its path, as most requests a filtered
+    /// target does not take are, after only the method and prefix checks.
+    FilterByPath,
     /// A filter the request passes (methods, a path prefix, an exclusion), then the key
     /// sampler of [`Refusal::Key`]: the "10 % of the users, only reads under /api" target.
     FilterThenKey,
@@ -70,11 +74,11 @@ pub(crate) enum RequestKind {
 pub(crate) const KEY_PERCENTAGE: u32 = 10;
 
 /// The `x-user-id` of [`RequestKind::GetAsUser`]: a key that a sampler at [`KEY_PERCENTAGE`]
-/// does not choose (`xxh64(USER_ID, 0) % 10000` is 1418, not below 1000); checked by
+/// does not choose (`xxh3_64(USER_ID) % 10000` is 6193, not below 1000); checked by
 /// [`Scenario::layer`].
 pub(crate) const USER_ID: &str = "8d3f2c71-5a4e-4b9a-9f3e-2c1b7a6d5e40";
 
-pub(crate) const SCENARIOS: [Scenario; 9] = [
+pub(crate) const SCENARIOS: [Scenario; 10] = [
     Scenario {
         name: "not_sampled",
         group: "a_not_sampled",
@@ -137,6 +141,12 @@ pub(crate) const SCENARIOS: [Scenario; 9] = [
         request: RequestKind::GetAsUser,
     },
     Scenario {
+        name: "none_filtered_by_path",
+        group: "nb2_none_take_filtered_by_path",
+        targets: Targets::Refusing(&[Refusal::FilterByPath]),
+        request: RequestKind::GetAsUser,
+    },
+    Scenario {
         name: "none_key_not_chosen",
         group: "nc_none_take_key_not_chosen",
         targets: Targets::Refusing(&[Refusal::Key]),
@@ -172,6 +182,13 @@ impl Refusal {
                 .exclude_path_prefix("/api/health")
                 .header_equals("accept", "application/json")
                 .path_regex("^/api/v[0-9]+/"),
+            Self::FilterByPath => Target::percentage(url, KEY_PERCENTAGE)
+                .methods([Method::GET, Method::HEAD])
+                .path_prefix("/admin")
+                .exclude_path_prefix("/admin/health")
+                .header_equals("accept", "application/json")
+                .path_regex("^/admin/v[0-9]+/")
+                .sample_by(key()),
             Self::Key => Target::percentage(url, KEY_PERCENTAGE).sample_by(key()),
             Self::FilterThenKey => Target::percentage(url, KEY_PERCENTAGE)
                 .methods([Method::GET, Method::HEAD])
@@ -184,7 +201,7 @@ impl Refusal {
     /// Checks that this target refused every one of `requests` requests its own way.
     fn check(self, target: &TargetStats, requests: u64) {
         let filtered = match self {
-            Self::Filter => requests,
+            Self::Filter | Self::FilterByPath => requests,
             Self::ZeroPercent | Self::Key | Self::FilterThenKey => 0,
         };
         assert_eq!(target.filtered, filtered, "{self:?}: {target:?}");
@@ -208,7 +225,7 @@ impl Scenario {
                 .collect(),
             Targets::Refusing(refusals) => {
                 // The key must really be one the samplers do not choose (SampleKey's rule).
-                let bucket = xxhash_rust::xxh64::xxh64(USER_ID.as_bytes(), 0) % 10_000;
+                let bucket = xxhash_rust::xxh3::xxh3_64(USER_ID.as_bytes()) % 10_000;
                 assert!(
                     bucket >= u64::from(KEY_PERCENTAGE) * 100,
                     "{USER_ID} is chosen at {KEY_PERCENTAGE} % (bucket {bucket})"

@@ -5,7 +5,7 @@ use http::header::{HeaderName, HeaderValue};
 use regex::Regex;
 
 use crate::config::FilterSpec;
-use crate::head::RequestHead;
+use crate::head::{RequestHead, has_value};
 
 /// A compiled filter. An empty one takes every request at the cost of one branch.
 #[derive(Debug, Default)]
@@ -91,22 +91,24 @@ impl Filter {
         self.empty || self.check(request)
     }
 
+    /// Every condition must hold, so they are checked cheapest first; an exclusion refuses
+    /// whatever else matches.
     fn check(&self, request: &RequestHead<'_>) -> bool {
-        let path = request.uri().path();
-        if self.exclude_paths.iter().any(|p| under(path, p)) {
-            return false;
-        }
         if !self.methods.is_empty() && !self.methods.contains(request.method()) {
             return false;
         }
+        let path = request.uri().path();
         if !self.paths.is_empty() && !self.paths.iter().any(|p| under(path, p)) {
+            return false;
+        }
+        if self.exclude_paths.iter().any(|p| under(path, p)) {
             return false;
         }
         let headers = request.headers();
         let headers_match = self
             .headers
             .iter()
-            .all(|(name, value)| headers.get_all(name).iter().any(|v| v == value));
+            .all(|(name, value)| has_value(headers, name, value));
         headers_match && self.path_regex.as_ref().is_none_or(|re| re.is_match(path))
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::header::{self, HeaderName};
 
 use crate::config::SampleKey;
-use crate::head::{ClientAddr, RequestHead};
+use crate::head::{ClientAddr, RequestHead, first_value};
 
 /// A sampling decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,20 +122,19 @@ fn is_chosen(n: u64, percentage: u64) -> bool {
     (n + 1) * percentage / 100 > n * percentage / 100
 }
 
-/// The key decision, as [`SampleKey`] documents it: XXH64 (seed 0) of the value bytes,
+/// The key decision, as [`SampleKey`] documents it: XXH3-64 (seed 0) of the value bytes,
 /// mod 10000, below the percentage in hundredths.
 pub(crate) fn chosen_by_key(value: &[u8], percentage: u64) -> bool {
-    xxhash_rust::xxh64::xxh64(value, 0) % 10_000 < percentage * 100
+    xxhash_rust::xxh3::xxh3_64(value) % 10_000 < percentage * 100
 }
 
 impl Key {
     /// The key's value in `request`, if it has one.
     fn value<'a>(&self, request: &RequestHead<'a>) -> Option<Cow<'a, [u8]>> {
         match self {
-            Self::Header(name) => request
-                .headers()
-                .get(name)
-                .map(|v| Cow::Borrowed(v.as_bytes())),
+            Self::Header(name) => {
+                first_value(request.headers(), name).map(|v| Cow::Borrowed(v.as_bytes()))
+            }
             Self::Cookie(name) => cookie(request, name.as_bytes()).map(Cow::Borrowed),
             Self::Query(name) => {
                 let query = request.uri().query()?;
@@ -217,10 +216,21 @@ mod tests {
     }
 
     #[test]
-    fn the_hash_is_xxh64_seed_zero() {
-        // Reference values of XXH64 with seed 0 (from the xxHash test vectors).
-        assert_eq!(xxhash_rust::xxh64::xxh64(b"", 0), 0xEF46_DB37_51D8_E999);
-        assert_eq!(xxhash_rust::xxh64::xxh64(b"a", 0), 0xD24E_C4F1_A98C_6E5B);
+    fn another_implementation_agrees_on_every_decision() {
+        // XXH3-64 of these values, and their buckets, as Python's `xxhash` package computes
+        // them (`xxhash.xxh3_64_intdigest(v)`, `% 10000`): the documented algorithm, not ours.
+        for (value, hash, bucket) in [
+            (&b""[..], 0x2d06_8005_38d3_94c2_u64, 3138),
+            (b"a", 0xe6c6_32b6_1e96_4e1f, 8719),
+            (b"user-42", 0x50fe_4b21_cf7b_09cd, 2621),
+            (b"127.0.0.1", 0x9a07_1d17_1774_168c, 3964),
+        ] {
+            assert_eq!(xxhash_rust::xxh3::xxh3_64(value), hash);
+            assert_eq!(hash % 10_000, bucket);
+            let at = bucket / 100;
+            assert!(chosen_by_key(value, at + 1), "{value:?} at {}", at + 1);
+            assert!(!chosen_by_key(value, at), "{value:?} at {at}");
+        }
     }
 
     #[test]

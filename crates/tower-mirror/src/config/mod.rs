@@ -92,6 +92,15 @@ pub struct Options {
     /// When `true` (the default), requests that already carry `X-Mirrored-From` are not
     /// mirrored again, so two services mirroring to each other cannot loop.
     pub loop_guard: bool,
+    /// Send the mirrors of a request without a body only once the inner service has answered
+    /// it (its response head), instead of at once; if it never does — the client went away
+    /// and the request was dropped, or the service failed — the mirror is not sent (counted
+    /// as `skipped.primary_aborted`). So a shadow never receives a request that production
+    /// did not process, at the cost of the mirror leaving one primary latency later; the
+    /// primary still never waits. Requests with a body already go once the inner service has
+    /// read it. Async mode only. Default `false` (as the reference middleware);
+    /// mirror-proxy turns it on.
+    pub send_after_primary: bool,
     /// How many bytes of each shadow response body to keep for
     /// [`MirrorResponse::body`]. Default 0: none are kept (the body is still drained).
     pub capture_response_body: usize,
@@ -129,6 +138,7 @@ impl Default for Options {
             max_buffered_bytes: Self::DEFAULT_MAX_BUFFERED_BYTES,
             max_in_flight: Self::DEFAULT_MAX_IN_FLIGHT,
             loop_guard: true,
+            send_after_primary: false,
             capture_response_body: 0,
             on_error: None,
             on_success: None,
@@ -150,6 +160,7 @@ impl fmt::Debug for Options {
             .field("max_buffered_bytes", &self.max_buffered_bytes)
             .field("max_in_flight", &self.max_in_flight)
             .field("loop_guard", &self.loop_guard)
+            .field("send_after_primary", &self.send_after_primary)
             .field("capture_response_body", &self.capture_response_body)
             .field("on_error", &self.on_error.is_some())
             .field("on_success", &self.on_success.is_some())

@@ -253,14 +253,15 @@ pub type KeyFn = Arc<dyn Fn(&RequestHead<'_>) -> Option<Vec<u8>> + Send + Sync>;
 ///
 /// # The decision
 ///
-/// A request is mirrored when `xxh64(value, seed 0) % 10000 < percentage × 100`, where
-/// `value` is the key's value bytes as received (for a query parameter, after
+/// A request is mirrored when `xxh3_64(value) % 10000 < percentage × 100`, where `value`
+/// is the key's value bytes as received (for a query parameter, after
 /// `application/x-www-form-urlencoded` decoding; for the client IP, its text form such as
-/// `203.0.113.7` or `2001:db8::1`) and `xxh64` is the 64-bit
-/// [XXH64](https://github.com/Cyan4973/xxHash/blob/dev/doc/xxhash_spec.md) hash. Only the
-/// value counts, not where it was found, so the same value decides the same way from a
-/// header, a cookie or a query parameter, and another tool can reproduce every decision
-/// (Python: `xxhash.xxh64_intdigest(value) % 10000 < percentage * 100`). Hence:
+/// `203.0.113.7` or `2001:db8::1`) and `xxh3_64` is the 64-bit
+/// [XXH3](https://github.com/Cyan4973/xxHash/blob/dev/doc/xxhash_spec.md) hash with seed 0
+/// and the default secret. Only the value counts, not where it was found, so the same value
+/// decides the same way from a header, a cookie or a query parameter, and another tool can
+/// reproduce every decision (Python: `xxhash.xxh3_64_intdigest(value) % 10000 <
+/// percentage * 100`; `user-42` is in bucket 2621, so it is mirrored from 27 % up). Hence:
 /// - the same key gets the same decision on every replica and after restarts (no seed, no
 ///   state);
 /// - a key mirrored at 5 % is mirrored at every higher percentage (the shares nest);
