@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// The longest wait for the upstream's response head before answering 504 [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub upstream_timeout: Option<Duration>,
+    /// Speak HTTP/2 only to the upstream, for gRPC: with prior knowledge (h2c) on http://,
+    /// HTTP/2 on https:// whatever ALPN says; `TE: trailers` is kept [default: off, HTTP/1.1].
+    #[arg(long)]
+    pub upstream_http2: bool,
     /// Worker threads, each with its own event loop, connections and pools [default: one per
     /// CPU].
     #[arg(long, value_name = "N")]
@@ -200,6 +204,7 @@ struct FileConfig {
     max_buffered: Option<HumanSize>,
     max_in_flight: Option<usize>,
     upstream_timeout: Option<HumanDuration>,
+    upstream_http2: Option<bool>,
     header_timeout: Option<HumanDuration>,
     idle_timeout: Option<HumanDuration>,
     body_timeout: Option<HumanDuration>,
@@ -403,6 +408,8 @@ pub struct Upstream {
     pub url: String,
     /// Parsed; requests are joined onto it by the same rule as mirrors.
     pub base: BaseUrl,
+    /// HTTP/2 only (`--upstream-http2`, `upstream_http2`): gRPC upstreams.
+    pub http2: bool,
 }
 
 impl Upstream {
@@ -412,6 +419,7 @@ impl Upstream {
         Ok(Self {
             url: url.to_owned(),
             base,
+            http2: false,
         })
     }
 }
@@ -518,6 +526,9 @@ impl MirrorSettings {
             max_body_bytes: self.max_body,
             max_buffered_bytes: self.max_buffered,
             max_in_flight: self.max_in_flight,
+            // A shadow must never get a request production did not process: a bodiless
+            // mirror leaves once the upstream has answered.
+            send_after_primary: true,
             ..Options::default()
         }
     }
@@ -549,7 +560,8 @@ impl Config {
         let upstream = args.upstream.clone().or(file.upstream).ok_or_else(|| {
             error("--upstream is required (or `upstream` in the config file): where to forward requests")
         })?;
-        let upstream = Upstream::parse(&upstream)?;
+        let mut upstream = Upstream::parse(&upstream)?;
+        upstream.http2 = args.upstream_http2 || file.upstream_http2.unwrap_or(false);
         let targets_from = if args.mirrors.is_empty() {
             "config file [[mirror]]"
         } else {
@@ -886,6 +898,22 @@ mod tests {
         assert_eq!(config.mirror.max_body, 1 << 20);
         assert!(config.mirror.sync && !config.mirror.copy_body);
         assert_eq!(config.drain_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn upstream_http2_from_the_flag_or_the_file() {
+        let merged = |flags: &[&str], text: &str| {
+            let mut all = vec!["--upstream", "http://127.0.0.1:50051"];
+            all.extend_from_slice(flags);
+            Config::merge(&args(&all), file(text))
+                .unwrap()
+                .upstream
+                .http2
+        };
+        assert!(!merged(&[], ""), "HTTP/1.1 by default");
+        assert!(merged(&["--upstream-http2"], ""));
+        assert!(merged(&[], "upstream_http2 = true"));
+        assert!(merged(&["--upstream-http2"], "upstream_http2 = false"));
     }
 
     #[test]

@@ -999,7 +999,8 @@ async fn sigterm_finishes_requests_and_mirrors_in_flight() {
         tokio::spawn(async move { send(&client, request).await })
     };
     upstream.wait_for(6).await;
-    shadow.wait_for(6).await;
+    // The bodiless /gated request is mirrored once the upstream has answered it.
+    shadow.wait_for(5).await;
     assert_eq!(shadow.answered(), 0, "the shadow holds every answer back");
 
     proxy.terminate();
@@ -1009,6 +1010,8 @@ async fn sigterm_finishes_requests_and_mirrors_in_flight() {
     let response = within("the request in flight", in_flight).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(body_json(response.body())["path_and_query"], "/gated");
+    // Its mirror left during the shutdown, and is drained with the others.
+    shadow.wait_for(6).await;
     // The shadow answers each mirror a second from now.
     shadow_gate.open();
     let (status, stderr) = proxy.wait_exit().await;

@@ -443,3 +443,34 @@ async fn a_client_that_stops_reading_is_closed_with_its_upstream_connection() {
         .await;
     drop(client);
 }
+
+/// Requests whose client resets the connection straight after sending reach the shadow only
+/// if the upstream answered them: a shadow never gets a request production did not process.
+/// The rest are counted as `primary_aborted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_requests_never_reach_only_the_shadow() {
+    let upstream = Server::upstream().await;
+    let shadow = Server::shadow().await;
+    let proxy = Proxy::start(&["--upstream", &upstream.url, "--mirror", &shadow.url]).await;
+    for i in 0..50 {
+        let stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let socket = socket2::SockRef::from(&stream);
+        // Close with a reset, not a FIN: the abort a client's crash or cancel looks like.
+        socket.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        let mut stream = stream;
+        let request = format!("DELETE /hang/{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        drop(stream);
+    }
+    // Some resets arrive before the proxy has read the request (nothing to mirror); every
+    // request it did read was dropped unanswered, so none may reach the shadow.
+    let stats = proxy
+        .wait_stats("the aborted requests settled", |s| {
+            let t = &s["mirror"]["targets"][0];
+            let sampled = t["sampled"].as_u64().unwrap();
+            sampled >= 10 && t["skipped"]["primary_aborted"].as_u64() == Some(sampled)
+        })
+        .await;
+    assert_eq!(shadow.count(), 0, "{stats:#}");
+    assert_eq!(stats["mirror"]["targets"][0]["sent"], 0, "{stats:#}");
+}
