@@ -166,19 +166,19 @@ where
     let mut response = match send(shared, request, progress).await {
         Sent::Answered(response) => response,
         Sent::Unavailable(error) => {
-            tracing::debug!(%error, "upstream unavailable");
             shared
                 .telemetry
-                .record_upstream_error(UpstreamError::Unavailable);
+                .record_upstream_error(UpstreamError::Unavailable, &error);
             return short(
                 StatusCode::BAD_GATEWAY,
                 "502 Bad Gateway: the upstream refused or dropped the connection\n",
             );
         }
         Sent::TimedOut => {
+            let detail = "no response head within the upstream timeout";
             shared
                 .telemetry
-                .record_upstream_error(UpstreamError::Timeout);
+                .record_upstream_error(UpstreamError::Timeout, &detail);
             return short(
                 StatusCode::GATEWAY_TIMEOUT,
                 "504 Gateway Timeout: the upstream did not answer in time\n",

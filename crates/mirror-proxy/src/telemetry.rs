@@ -240,6 +240,9 @@ pub struct PrimaryStats {
     pub upstream_unavailable: AtomicU64,
     /// Requests the upstream did not answer in time.
     pub upstream_timeouts: AtomicU64,
+    /// When each kind of upstream failure was last logged, and how many were not since.
+    upstream_logs: [AtomicU64; 2],
+    upstream_unlogged: [AtomicU64; 2],
     /// Time from forwarding a request to the upstream's response head.
     pub upstream_latency: LatencyHistogram,
 }
@@ -382,12 +385,32 @@ impl Telemetry {
     }
 
     /// The upstream failed to answer.
-    pub fn record_upstream_error(&self, error: UpstreamError) {
-        let counter = match error {
-            UpstreamError::Unavailable => &self.primary.upstream_unavailable,
-            UpstreamError::Timeout => &self.primary.upstream_timeouts,
+    ///
+    /// Logged at warn, at most once a second per kind, with the number left out since: the
+    /// clients got a 502 or 504, so an operator must hear of it without a flood.
+    pub fn record_upstream_error(&self, error: UpstreamError, detail: &dyn std::fmt::Display) {
+        let primary = &self.primary;
+        let (counter, last, unlogged, status) = match error {
+            UpstreamError::Unavailable => (
+                &primary.upstream_unavailable,
+                &primary.upstream_logs[0],
+                &primary.upstream_unlogged[0],
+                502,
+            ),
+            UpstreamError::Timeout => (
+                &primary.upstream_timeouts,
+                &primary.upstream_logs[1],
+                &primary.upstream_unlogged[1],
+                504,
+            ),
         };
         counter.fetch_add(1, Relaxed);
+        if self.due(last) {
+            let suppressed = unlogged.swap(0, Relaxed);
+            tracing::warn!(status, detail = %detail, suppressed, "upstream failed");
+        } else {
+            unlogged.fetch_add(1, Relaxed);
+        }
     }
 
     /// tower-mirror's `on_success`.
