@@ -474,3 +474,40 @@ async fn aborted_requests_never_reach_only_the_shadow() {
     assert_eq!(shadow.count(), 0, "{stats:#}");
     assert_eq!(stats["mirror"]["targets"][0]["sent"], 0, "{stats:#}");
 }
+
+/// An HTTP/2 connection with no traffic is closed after --idle-timeout, and counted (not
+/// logged: closing idle connections is housekeeping).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed() {
+    let upstream = Server::upstream().await;
+    let proxy = Proxy::start(&["--upstream", &upstream.url, "--idle-timeout", "300ms"]).await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = Request::get(proxy.url("/once"))
+        .body(Full::default())
+        .unwrap();
+    let response = within("an h2 answer", sender.send_request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // Then nothing: the proxy closes the connection, which ends the client's side of it.
+    within("the idle connection to close", connection)
+        .await
+        .unwrap()
+        .ok();
+    let stats = proxy
+        .wait_stats("an idle close counted", |s| {
+            rejected(s, "idle_timeout") == 1
+        })
+        .await;
+    assert!(
+        !proxy.stderr().contains("no traffic on the connection"),
+        "{stats:#}"
+    );
+}
