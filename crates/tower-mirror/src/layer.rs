@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tower_layer::Layer;
@@ -10,7 +9,7 @@ use tower_layer::Layer;
 use crate::config::{Options, Target};
 use crate::control::Control;
 use crate::error::ConfigError;
-use crate::plan::Plan;
+use crate::handle::MirrorHandle;
 use crate::service::Mirror;
 use crate::stats::MirrorStats;
 
@@ -54,7 +53,7 @@ impl MirrorLayer {
     /// baseline, more than one baseline, a baseline without a compared target).
     pub fn with_options(options: Options) -> Result<Self, ConfigError> {
         Ok(Self {
-            control: Arc::new(Control::new(Plan::compile(options)?)),
+            control: Arc::new(Control::new(options)?),
         })
     }
 
@@ -84,18 +83,24 @@ impl MirrorLayer {
     /// # }
     /// ```
     pub async fn drain(&self, timeout: Duration) -> DrainReport {
-        let _ = tokio::time::timeout(timeout, self.control.tracker.idle()).await;
-        let plan = self.control.plan.load();
-        DrainReport {
-            in_flight: plan
-                .targets
-                .iter()
-                .map(|t| {
-                    let n = t.counters.in_flight.load(Ordering::Acquire);
-                    (t.name().to_owned(), n)
-                })
-                .collect(),
-        }
+        self.control.drain(timeout).await
+    }
+
+    /// A handle to operate this layer while it runs: the kill switch, pausing a target,
+    /// changing its percentage, replacing the configuration. See [`MirrorHandle`].
+    pub fn handle(&self) -> MirrorHandle {
+        MirrorHandle::new(Arc::clone(&self.control))
+    }
+
+    /// A layer built from `options` and its handle, as tower-http's
+    /// `InFlightRequestsLayer::pair` gives a layer and its counter.
+    ///
+    /// # Errors
+    /// As [`with_options`](Self::with_options).
+    pub fn pair(options: Options) -> Result<(Self, MirrorHandle), ConfigError> {
+        let layer = Self::with_options(options)?;
+        let handle = layer.handle();
+        Ok((layer, handle))
     }
 }
 

@@ -82,6 +82,7 @@ mod service;
 // The configuration as written, and as compiled; the cell that holds it.
 mod config;
 mod control;
+mod handle;
 mod plan;
 // The request path: admission, bodies, the outbound request, dispatch, the client.
 mod admit;
@@ -135,6 +136,7 @@ pub use config::{
 };
 pub use error::{BoxError, ConfigError, MirrorError};
 pub use future::ResponseFuture;
+pub use handle::{Changes, ControlError, MirrorHandle, TargetStatus};
 pub use head::{ClientAddr, RequestHead};
 pub use layer::{DrainReport, MirrorLayer};
 pub use outbound::X_MIRRORED_FROM;

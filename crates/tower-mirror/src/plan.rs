@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 
-use crate::admit::{Admission, Filter, Limits, RateLimiter, Sampler};
+use crate::admit::{Admission, Filter, Limits, RateLimiter, Sampler, TargetState};
 use crate::body::ByteBudget;
-use crate::client::{HttpSender, Sender};
+use crate::client::Sender;
 use crate::config::{ErrorCallback, Mode, Options, SuccessCallback, Target};
 use crate::error::ConfigError;
 use crate::observe::Observer;
 use crate::outbound::BaseUrl;
 use crate::outbound::request::{TargetRules, is_reserved};
-use crate::stats::{MirrorStats, TargetCounters};
+use crate::stats::MirrorStats;
 
 /// A compiled configuration.
 pub(crate) struct Plan {
@@ -33,6 +33,9 @@ pub(crate) struct Plan {
     pub(crate) on_error: Option<ErrorCallback>,
     pub(crate) on_success: Option<SuccessCallback>,
     pub(crate) observers: Box<[Arc<dyn Observer>]>,
+    /// Targets the replacement that made this plan removed: their counts stay readable until
+    /// the next one.
+    pub(crate) retired: Box<[Arc<TargetRuntime>]>,
 }
 
 /// One target, as the request path and its mirror tasks use it.
@@ -41,7 +44,9 @@ pub(crate) struct TargetRuntime {
     pub(crate) spec: Target,
     pub(crate) admission: Admission,
     pub(crate) rules: TargetRules,
-    pub(crate) counters: TargetCounters,
+    /// Counters, sampling position, live percentage and pause: kept across replacements
+    /// that leave the URL and transport alone.
+    pub(crate) state: Arc<TargetState>,
     pub(crate) client: Arc<dyn Sender>,
 }
 
@@ -52,8 +57,14 @@ impl TargetRuntime {
 }
 
 impl Plan {
-    /// Checks and compiles `options`.
-    pub(crate) fn compile(options: Options) -> Result<Self, ConfigError> {
+    /// Checks and compiles `options`. With `previous`, the plan it replaces: a target of the
+    /// same name, URL and transport keeps its state and rate-limit bucket. `default_client`
+    /// sends when `options.sender` is `None` (one for the layer's life, so pools survive).
+    pub(crate) fn compile(
+        options: Options,
+        previous: Option<&Plan>,
+        default_client: impl FnOnce() -> Arc<dyn Sender>,
+    ) -> Result<Self, ConfigError> {
         if options.targets.is_empty() {
             return Err(ConfigError::NoTargets);
         }
@@ -80,24 +91,50 @@ impl Plan {
         for observer in &options.observers {
             observer.check(&options.targets)?;
         }
-        let client = options
-            .sender
-            .unwrap_or_else(|| Arc::new(HttpSender::new()));
+        let client = options.sender.unwrap_or_else(default_client);
         let max_in_flight = options.max_in_flight;
-        let targets = options
+        let targets: Box<[Arc<TargetRuntime>]> = options
             .targets
             .into_iter()
             .map(|spec| {
+                let before = previous.and_then(|p| p.target(spec.name()));
+                let kept = before.filter(|b| b.spec.url == spec.url && b.spec.http2 == spec.http2);
+                let state = match kept {
+                    Some(before) => Arc::clone(&before.state),
+                    None => Arc::new(TargetState::new(spec.percentage)),
+                };
+                let rate = kept
+                    .filter(|b| b.spec.rate_limit == spec.rate_limit)
+                    .and_then(|b| b.admission.limits.rate.clone());
                 let runtime = TargetRuntime {
-                    admission: compile_admission(&spec, max_in_flight)?,
+                    admission: compile_admission(&spec, max_in_flight, rate)?,
                     rules: compile_rules(&spec)?,
-                    counters: TargetCounters::default(),
+                    state,
                     client: Arc::clone(&client),
                     spec,
                 };
                 Ok(Arc::new(runtime))
             })
             .collect::<Result<_, ConfigError>>()?;
+        // Checked and compiled: only now may the kept targets' live state change.
+        for target in targets.iter() {
+            let percentage = target.spec.percentage.min(100);
+            target
+                .state
+                .percentage
+                .store(percentage, std::sync::atomic::Ordering::Relaxed);
+        }
+        let retired = previous.map_or_else(Box::default, |p| {
+            p.targets
+                .iter()
+                .filter(|old| !targets.iter().any(|new| new.name() == old.name()))
+                .cloned()
+                .collect()
+        });
+        let budget = previous
+            .map(|p| &p.budget)
+            .filter(|b| b.limit() == options.max_buffered_bytes)
+            .map_or_else(|| ByteBudget::new(options.max_buffered_bytes), Arc::clone);
         Ok(Self {
             targets,
             timeout: options.timeout,
@@ -107,11 +144,17 @@ impl Plan {
             loop_guard: options.loop_guard,
             send_after_primary: options.send_after_primary,
             capture_response_body: options.capture_response_body,
-            budget: ByteBudget::new(options.max_buffered_bytes),
+            budget,
             on_error: options.on_error,
             on_success: options.on_success,
             observers: options.observers.into(),
+            retired,
         })
+    }
+
+    /// The target named `name`.
+    pub(crate) fn target(&self, name: &str) -> Option<&Arc<TargetRuntime>> {
+        self.targets.iter().find(|t| t.name() == name)
     }
 
     /// A snapshot of every target's counters; `not_mirrored` is the caller's.
@@ -120,7 +163,9 @@ impl Plan {
             targets: self
                 .targets
                 .iter()
-                .map(|t| t.counters.snapshot(t.name(), &t.spec.url))
+                .map(|t| (t, false))
+                .chain(self.retired.iter().map(|t| (t, true)))
+                .map(|(t, removed)| t.state.counters.snapshot(t.name(), &t.spec.url, removed))
                 .collect(),
             not_mirrored,
             buffered_bytes: self.budget.used(),
@@ -137,7 +182,12 @@ fn setting_error(target: &Target) -> impl Fn((&'static str, String)) -> ConfigEr
 }
 
 /// The target's filter, sampler and limits.
-fn compile_admission(target: &Target, max_in_flight: usize) -> Result<Admission, ConfigError> {
+/// The target's filter, sampler and limits; `rate`, the bucket to keep, if any.
+fn compile_admission(
+    target: &Target,
+    max_in_flight: usize,
+    rate: Option<Arc<RateLimiter>>,
+) -> Result<Admission, ConfigError> {
     let invalid = setting_error(target);
     if target.percentage > 100 {
         return Err(ConfigError::PercentageOutOfRange {
@@ -147,19 +197,18 @@ fn compile_admission(target: &Target, max_in_flight: usize) -> Result<Admission,
     }
     let filter = Filter::compile(&target.filter).map_err(&invalid)?;
     let sampler = match &target.sample_by {
-        Some(key) => {
-            Sampler::by_key(target.percentage, key).map_err(|r| invalid(("sample_by", r)))?
-        }
-        None => Sampler::new(target.percentage),
+        Some(key) => Sampler::by_key(key).map_err(|r| invalid(("sample_by", r)))?,
+        None => Sampler::counter(),
     };
-    let rate = match target.rate_limit {
-        Some(limit) => Some(RateLimiter::new(limit).ok_or_else(|| {
+    let rate = match (rate, target.rate_limit) {
+        (Some(kept), Some(_)) => Some(kept),
+        (_, Some(limit)) => Some(Arc::new(RateLimiter::new(limit).ok_or_else(|| {
             invalid((
                 "rate",
                 "must be at least 1 mirror per a non-zero period".to_owned(),
             ))
-        })?),
-        None => None,
+        })?)),
+        (_, None) => None,
     };
     Ok(Admission {
         filter,
@@ -229,6 +278,10 @@ pub(crate) fn compile_rules(target: &Target) -> Result<TargetRules, ConfigError>
 mod tests {
     use super::*;
 
+    fn compile_options(options: Options) -> Result<Plan, ConfigError> {
+        Plan::compile(options, None, || Arc::new(crate::client::HttpSender::new()))
+    }
+
     #[test]
     fn header_rules_are_checked() {
         let ok = Target::new("http://h")
@@ -275,7 +328,7 @@ mod tests {
     #[test]
     fn bad_settings_name_the_target_and_the_setting() {
         let compile = |target: Target| {
-            Plan::compile(Options {
+            compile_options(Options {
                 targets: vec![target],
                 ..Options::default()
             })
@@ -300,7 +353,7 @@ mod tests {
                 "{text}"
             );
         }
-        let twice = Plan::compile(Options {
+        let twice = compile_options(Options {
             targets: vec![
                 Target::new("http://a"),
                 Target::new("http://b").with_name("http://a"),
@@ -315,7 +368,7 @@ mod tests {
         );
         // Same URL, two names: fine (two filters on one shadow, say).
         assert!(
-            Plan::compile(Options {
+            compile_options(Options {
                 targets: vec![
                     Target::new("http://a"),
                     Target::new("http://a").with_name("a2")

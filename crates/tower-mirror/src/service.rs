@@ -18,7 +18,8 @@ use crate::future::{Observed, ResponseFuture};
 use crate::head::RequestHead;
 use crate::outbound::request::RequestSnapshot;
 use crate::plan::Plan;
-use crate::stats::{MirrorStats, SkipReason};
+use crate::stats::{Ineligible, MirrorStats, SkipReason};
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Mirrors requests to shadow targets, then hands them, untouched, to the inner service.
 ///
@@ -74,6 +75,10 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let control = &*self.control;
+        if !control.enabled.load(Relaxed) {
+            control.not_mirrored.count(Ineligible::Disabled);
+            return self.forward(request);
+        }
         let plan = control.plan.load();
         let head = RequestHead::of(&request);
         if let Some(reason) = ineligible(&head, plan.loop_guard) {
@@ -83,7 +88,7 @@ where
         // No allocation unless a target takes the request.
         let mut chosen = Vec::new();
         for target in plan.targets.iter() {
-            if target.admission.admit(&target.counters, &head) {
+            if target.admission.admit(&target.state, &head) {
                 chosen.push(Arc::clone(target));
             }
         }

@@ -17,6 +17,7 @@ pub(crate) enum SkipReason {
 /// Why a request was not considered for mirroring at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Ineligible {
+    Disabled,
     AlreadyMirrored,
     Connect,
     Upgrade,
@@ -31,6 +32,7 @@ pub(crate) enum Ineligible {
 #[derive(Debug, Default)]
 #[repr(C)]
 pub(crate) struct TargetCounters {
+    pub(crate) paused: AtomicU64,
     pub(crate) filtered: AtomicU64,
     pub(crate) sampled: AtomicU64,
     pub(crate) sampled_without_key: AtomicU64,
@@ -56,11 +58,13 @@ impl TargetCounters {
         self.skipped[reason as usize].fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, name: &str, url: &str) -> TargetStats {
+    pub(crate) fn snapshot(&self, name: &str, url: &str, removed: bool) -> TargetStats {
         let skipped = |r: SkipReason| self.skipped[r as usize].load(Relaxed);
         TargetStats {
             name: name.to_owned(),
             url: url.to_owned(),
+            removed,
+            paused: self.paused.load(Relaxed),
             filtered: self.filtered.load(Relaxed),
             sampled: self.sampled.load(Relaxed),
             sampled_without_key: self.sampled_without_key.load(Relaxed),
@@ -86,7 +90,7 @@ impl TargetCounters {
 
 /// The live counters of requests that were not considered for mirroring.
 #[derive(Debug, Default)]
-pub(crate) struct IneligibleCounters([AtomicU64; 4]);
+pub(crate) struct IneligibleCounters([AtomicU64; 5]);
 
 impl IneligibleCounters {
     pub(crate) fn count(&self, reason: Ineligible) {
@@ -96,6 +100,7 @@ impl IneligibleCounters {
     pub(crate) fn snapshot(&self) -> NotMirroredStats {
         let get = |r: Ineligible| self.0[r as usize].load(Relaxed);
         NotMirroredStats {
+            disabled: get(Ineligible::Disabled),
             already_mirrored: get(Ineligible::AlreadyMirrored),
             connect: get(Ineligible::Connect),
             upgrade: get(Ineligible::Upgrade),
@@ -140,6 +145,12 @@ pub struct TargetStats {
     pub name: String,
     /// The target's URL as configured.
     pub url: String,
+    /// True for a target the last [`MirrorHandle::replace`](crate::MirrorHandle::replace)
+    /// removed: its counts stay readable until the next replacement.
+    pub removed: bool,
+    /// Requests not considered because the target was paused
+    /// ([`MirrorHandle::pause`](crate::MirrorHandle::pause)). They take no sampling turn.
+    pub paused: u64,
     /// Requests the target's filter turned away (methods, paths, headers, path regex). They
     /// take no sampling turn.
     pub filtered: u64,
@@ -218,6 +229,9 @@ impl SkipStats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NotMirroredStats {
+    /// Requests that came while mirroring was switched off
+    /// ([`MirrorHandle::disable`](crate::MirrorHandle::disable), the kill switch).
+    pub disabled: u64,
     /// Requests that already carried `X-Mirrored-From` (the loop guard).
     pub already_mirrored: u64,
     /// `CONNECT` requests.
@@ -232,6 +246,7 @@ impl NotMirroredStats {
     /// Each reason with its stable, snake_case name (for metric labels).
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
         [
+            ("disabled", self.disabled),
             ("already_mirrored", self.already_mirrored),
             ("connect", self.connect),
             ("unsupported_uri", self.unsupported_uri),

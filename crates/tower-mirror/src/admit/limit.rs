@@ -2,6 +2,7 @@
 //! that does not fit is counted and forgotten (`tower::limit::RateLimit` waits in
 //! `poll_ready`, which would hold the primary up).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -20,11 +21,13 @@ pub(crate) enum Refused {
 #[derive(Debug)]
 pub(crate) struct Limits {
     pub(crate) max_in_flight: usize,
-    rate: Option<RateLimiter>,
+    /// Shared with the next plan when a replacement keeps the same cap, so the bucket's
+    /// state carries over.
+    pub(crate) rate: Option<Arc<RateLimiter>>,
 }
 
 impl Limits {
-    pub(crate) fn new(max_in_flight: usize, rate: Option<RateLimiter>) -> Self {
+    pub(crate) fn new(max_in_flight: usize, rate: Option<Arc<RateLimiter>>) -> Self {
         Self {
             max_in_flight,
             rate,
@@ -136,7 +139,7 @@ mod tests {
 
     #[test]
     fn in_flight_is_checked_before_the_rate() {
-        let limits = Limits::new(1, RateLimiter::new(RateLimit::per_second(1)));
+        let limits = Limits::new(1, RateLimiter::new(RateLimit::per_second(1)).map(Arc::new));
         let in_flight = AtomicUsize::new(1);
         assert_eq!(limits.check(&in_flight), Err(Refused::Overload));
         in_flight.store(0, Ordering::Relaxed);

@@ -8,6 +8,7 @@ mod limit;
 mod sample;
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 
 pub(crate) use eligible::ineligible;
 pub(crate) use filter::Filter;
@@ -17,7 +18,7 @@ pub(crate) use sample::{Sampled, Sampler};
 use crate::head::RequestHead;
 use crate::stats::TargetCounters;
 
-/// One target's admission steps.
+/// One target's admission steps, as configured.
 #[derive(Debug)]
 pub(crate) struct Admission {
     pub(crate) filter: Filter,
@@ -25,16 +26,45 @@ pub(crate) struct Admission {
     pub(crate) limits: Limits,
 }
 
+/// What a target keeps across configuration replacements that leave its URL and transport
+/// alone, and what a [`MirrorHandle`](crate::MirrorHandle) changes while requests run.
+#[derive(Debug)]
+pub(crate) struct TargetState {
+    pub(crate) counters: TargetCounters,
+    /// The counter sampler's next request number.
+    pub(crate) position: AtomicU64,
+    /// The live percentage (0 to 100).
+    pub(crate) percentage: AtomicU32,
+    pub(crate) paused: AtomicBool,
+}
+
+impl TargetState {
+    pub(crate) fn new(percentage: u32) -> Self {
+        Self {
+            counters: TargetCounters::default(),
+            position: AtomicU64::new(0),
+            percentage: AtomicU32::new(percentage.min(100)),
+            paused: AtomicBool::new(false),
+        }
+    }
+}
+
 impl Admission {
-    /// Runs the steps for an eligible `request`, counting the outcome in `counters`; true when
-    /// the target takes it.
+    /// Runs the steps for an eligible `request`, counting the outcome in `state`'s counters;
+    /// true when the target takes it. A paused target takes nothing (counted as `paused`).
     #[inline]
-    pub(crate) fn admit(&self, counters: &TargetCounters, request: &RequestHead<'_>) -> bool {
+    pub(crate) fn admit(&self, state: &TargetState, request: &RequestHead<'_>) -> bool {
+        let counters = &state.counters;
+        if state.paused.load(Relaxed) {
+            counters.paused.fetch_add(1, Relaxed);
+            return false;
+        }
         if !self.filter.matches(request) {
             counters.filtered.fetch_add(1, Relaxed);
             return false;
         }
-        match self.sampler.decide(request) {
+        let percentage = u64::from(state.percentage.load(Relaxed));
+        match self.sampler.decide(percentage, &state.position, request) {
             Sampled::No => return false,
             Sampled::Yes => {}
             Sampled::WithoutKey => {

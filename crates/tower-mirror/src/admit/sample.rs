@@ -28,8 +28,6 @@ pub(crate) enum Sampled {
 /// with Bresenham's algorithm, so any 100 consecutive requests contain exactly `p` chosen ones
 /// and 50 % is every other request.
 pub(crate) struct Sampler {
-    percentage: u64,
-    counter: AtomicU64,
     key: Option<Key>,
 }
 
@@ -45,23 +43,19 @@ enum Key {
 impl std::fmt::Debug for Sampler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sampler")
-            .field("percentage", &self.percentage)
             .field("by_key", &self.key.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Sampler {
-    pub(crate) fn new(percentage: u32) -> Self {
-        Self {
-            percentage: u64::from(percentage.min(100)),
-            counter: AtomicU64::new(0),
-            key: None,
-        }
+    /// The counter sampler.
+    pub(crate) fn counter() -> Self {
+        Self { key: None }
     }
 
     /// A sampler by `key`, falling back to the counter; the error says why the key is bad.
-    pub(crate) fn by_key(percentage: u32, key: &SampleKey) -> Result<Self, String> {
+    pub(crate) fn by_key(key: &SampleKey) -> Result<Self, String> {
         let key = match key {
             SampleKey::Header(name) => Key::Header(
                 HeaderName::from_bytes(name.trim().as_bytes())
@@ -72,20 +66,22 @@ impl Sampler {
             SampleKey::ClientIp => Key::ClientIp,
             SampleKey::Custom(key) => Key::Custom(key.clone()),
         };
-        Ok(Self {
-            key: Some(key),
-            ..Self::new(percentage)
-        })
+        Ok(Self { key: Some(key) })
     }
 
-    /// Decides for `request`.
+    /// Decides for `request` at `percentage`, the counter being at `position`.
     #[inline]
-    pub(crate) fn decide(&self, request: &RequestHead<'_>) -> Sampled {
-        if self.percentage == 0 {
+    pub(crate) fn decide(
+        &self,
+        percentage: u64,
+        position: &AtomicU64,
+        request: &RequestHead<'_>,
+    ) -> Sampled {
+        if percentage == 0 {
             return Sampled::No;
         }
         let Some(key) = &self.key else {
-            return if self.sample() {
+            return if sample(percentage, position) {
                 Sampled::Yes
             } else {
                 Sampled::No
@@ -93,25 +89,26 @@ impl Sampler {
         };
         match key.value(request) {
             Some(value) if !value.is_empty() => {
-                if chosen_by_key(&value, self.percentage) {
+                if chosen_by_key(&value, percentage) {
                     Sampled::Yes
                 } else {
                     Sampled::No
                 }
             }
-            _ if self.sample() => Sampled::WithoutKey,
+            _ if sample(percentage, position) => Sampled::WithoutKey,
             _ => Sampled::No,
         }
     }
+}
 
-    /// Takes the next request number and says whether that request is mirrored.
-    #[inline]
-    fn sample(&self) -> bool {
-        match self.percentage {
-            0 => false,
-            100 => true,
-            p => is_chosen(self.counter.fetch_add(1, Ordering::Relaxed), p),
-        }
+/// Takes the next request number from `position` and says whether that request is mirrored
+/// at `percentage`.
+#[inline]
+fn sample(percentage: u64, position: &AtomicU64) -> bool {
+    match percentage {
+        0 => false,
+        100.. => true,
+        p => is_chosen(position.fetch_add(1, Ordering::Relaxed), p),
     }
 }
 
@@ -175,16 +172,27 @@ mod tests {
 
     use http::Request;
 
-    fn head_decide(sampler: &Sampler, request: &Request<()>) -> Sampled {
-        sampler.decide(&RequestHead::of(request))
+    /// A sampler with its percentage and counter position, as a target holds them.
+    struct Live(Sampler, u64, AtomicU64);
+
+    fn keyed(percentage: u64, key: SampleKey) -> Live {
+        Live(
+            Sampler::by_key(&key).unwrap(),
+            percentage,
+            AtomicU64::new(0),
+        )
+    }
+
+    fn head_decide(live: &Live, request: &Request<()>) -> Sampled {
+        live.0.decide(live.1, &live.2, &RequestHead::of(request))
     }
 
     #[test]
     fn the_key_value_decides_wherever_it_is_found() {
-        let header = Sampler::by_key(50, &SampleKey::header("x-user")).unwrap();
-        let cookie = Sampler::by_key(50, &SampleKey::cookie("uid")).unwrap();
-        let query = Sampler::by_key(50, &SampleKey::query("u")).unwrap();
-        let ip = Sampler::by_key(50, &SampleKey::ClientIp).unwrap();
+        let header = keyed(50, SampleKey::header("x-user"));
+        let cookie = keyed(50, SampleKey::cookie("uid"));
+        let query = keyed(50, SampleKey::query("u"));
+        let ip = keyed(50, SampleKey::ClientIp);
         let mut agreed = [0, 0];
         for n in 0..400 {
             let value = format!("10.0.{}.{}", n / 200, n % 200);
@@ -247,7 +255,7 @@ mod tests {
 
     #[test]
     fn no_key_falls_back_to_the_counter() {
-        let s = Sampler::by_key(50, &SampleKey::header("x-user")).unwrap();
+        let s = keyed(50, SampleKey::header("x-user"));
         let plain = Request::get("/").body(()).unwrap();
         let empty = Request::get("/").header("x-user", "").body(()).unwrap();
         let decisions: Vec<_> = (0..4)
@@ -262,13 +270,15 @@ mod tests {
                 Sampled::WithoutKey
             ]
         );
-        let none = Sampler::by_key(0, &SampleKey::header("x-user")).unwrap();
+        let none = keyed(0, SampleKey::header("x-user"));
         assert_eq!(head_decide(&none, &plain), Sampled::No);
     }
 
     fn pattern(p: u32, count: usize) -> Vec<bool> {
-        let s = Sampler::new(p);
-        (0..count).map(|_| s.sample()).collect()
+        let position = AtomicU64::new(0);
+        (0..count)
+            .map(|_| sample(u64::from(p), &position))
+            .collect()
     }
 
     #[test]
@@ -302,10 +312,9 @@ mod tests {
 
     #[test]
     fn counter_wrap_does_not_panic() {
-        let s = Sampler::new(37);
-        s.counter.store(u64::MAX - 1, Ordering::Relaxed);
+        let position = AtomicU64::new(u64::MAX - 1);
         for _ in 0..4 {
-            s.sample();
+            sample(37, &position);
         }
     }
 }

@@ -47,7 +47,7 @@ impl PendingMirror {
     /// Counts every chosen target as skipped.
     pub(crate) fn skip(self, reason: SkipReason) {
         for target in &self.targets {
-            target.counters.skip(reason);
+            target.state.counters.skip(reason);
         }
     }
 
@@ -70,7 +70,7 @@ impl PendingMirror {
             return;
         };
         for target in &self.targets {
-            let counters = &target.counters;
+            let counters = &target.state.counters;
             let Some(slot) = InFlight::acquire(target, &self.tracker) else {
                 counters
                     .dropped_overload

@@ -22,6 +22,7 @@ impl InFlight {
     pub(super) fn acquire(target: &Arc<TargetRuntime>, tracker: &Arc<Tracker>) -> Option<Self> {
         let max = target.admission.limits.max_in_flight;
         target
+            .state
             .counters
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
@@ -39,6 +40,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.target
+            .state
             .counters
             .in_flight
             .fetch_sub(1, Ordering::AcqRel);
@@ -55,7 +57,7 @@ pub(super) async fn mirror_one(
     observations: Vec<Arc<dyn Observation>>,
 ) {
     let target = &*slot.target;
-    let counters = &target.counters;
+    let counters = &target.state.counters;
     let name = target.name();
     let Some(request) = request::build(snapshot, &target.rules, body) else {
         // Eligibility lets only origin-form paths through, so this is a request target that
