@@ -12,9 +12,8 @@ use tokio::sync::Notify;
 use crate::client::{HttpSender, Sender};
 use crate::config::Options;
 use crate::error::ConfigError;
-use crate::handle::Changes;
-use crate::layer::DrainReport;
 use crate::plan::Plan;
+use crate::stats::DrainReport;
 use crate::stats::{IneligibleCounters, MirrorStats};
 
 /// Shared by a layer, its services, its handles and its mirror tasks.
@@ -135,4 +134,17 @@ impl Tracker {
             notified.await;
         }
     }
+}
+
+/// What a [`MirrorHandle::replace`](crate::MirrorHandle::replace) changed, by target name, each list in configuration
+/// order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Changes {
+    /// Targets the new configuration adds.
+    pub added: Vec<String>,
+    /// Targets it removes.
+    pub removed: Vec<String>,
+    /// Targets it keeps with a different setting.
+    pub changed: Vec<String>,
 }

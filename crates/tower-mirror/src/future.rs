@@ -10,9 +10,9 @@ use std::time::Instant;
 use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::body::{PrimaryTap, ResponseBody};
+use crate::body::ResponseBody;
 use crate::dispatch::PendingMirror;
-use crate::observe::Observation;
+use crate::observe::{Observation, PrimaryTap};
 use crate::stats::SkipReason;
 
 pin_project! {
@@ -98,7 +98,7 @@ where
         Poll::Ready(result.map(|response| match observed {
             Some(observed) => {
                 let tap = PrimaryTap::new(observed.observations, observed.started, &response);
-                response.map(|body| ResponseBody::tapped(body, tap))
+                response.map(|body| ResponseBody::tapped(body, Box::new(tap)))
             }
             None => response.map(ResponseBody::new),
         }))

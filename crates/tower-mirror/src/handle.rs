@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use crate::config::Options;
-use crate::control::Control;
+use crate::control::{Changes, Control};
 use crate::error::ConfigError;
-use crate::layer::DrainReport;
+use crate::stats::DrainReport;
 use crate::stats::MirrorStats;
 
 /// A handle on a running [`MirrorLayer`](crate::MirrorLayer), from
@@ -169,19 +169,6 @@ pub struct TargetStatus {
     pub percentage: u32,
     /// False while it is paused.
     pub enabled: bool,
-}
-
-/// What a [`MirrorHandle::replace`] changed, by target name, each list in configuration
-/// order.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Changes {
-    /// Targets the new configuration adds.
-    pub added: Vec<String>,
-    /// Targets it removes.
-    pub removed: Vec<String>,
-    /// Targets it keeps with a different setting.
-    pub changed: Vec<String>,
 }
 
 /// Why a [`MirrorHandle`] call could not be carried out.

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use crate::config::{Options, Target};
+use crate::config::Options;
 use crate::control::Control;
 use crate::error::ConfigError;
 use crate::handle::MirrorHandle;
 use crate::service::Mirror;
-use crate::stats::MirrorStats;
+use crate::stats::{DrainReport, MirrorStats};
+use crate::target::Target;
 
 /// A [`Layer`] that mirrors requests to shadow targets: see the [crate docs](crate).
 ///
@@ -101,25 +102,6 @@ impl MirrorLayer {
         let layer = Self::with_options(options)?;
         let handle = layer.handle();
         Ok((layer, handle))
-    }
-}
-
-/// What [`MirrorLayer::drain`] left behind.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DrainReport {
-    /// Each target's name, with the mirrors still in flight to it.
-    pub in_flight: Vec<(String, usize)>,
-}
-
-impl DrainReport {
-    /// True when every mirror finished before the deadline.
-    pub fn is_complete(&self) -> bool {
-        self.abandoned() == 0
-    }
-
-    /// Mirrors still in flight at the deadline, over all targets.
-    pub fn abandoned(&self) -> usize {
-        self.in_flight.iter().map(|(_, n)| n).sum()
     }
 }
 

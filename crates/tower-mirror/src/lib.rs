@@ -84,6 +84,7 @@ mod config;
 mod control;
 mod handle;
 mod plan;
+mod target;
 // The request path: admission, bodies, the outbound request, dispatch, the client.
 mod admit;
 mod body;
@@ -108,9 +109,9 @@ pub mod fuzzing {
     use http::Request;
 
     use crate::body::MirrorBody;
-    use crate::config::Target;
     use crate::outbound::request::{RequestSnapshot, build};
     use crate::plan::compile_rules;
+    use crate::target::Target;
 
     /// The request a mirror to `target` would send for `original`, with a body of `body_len`
     /// bytes; `None` when `target` is invalid or `original` cannot be mirrored.
@@ -131,15 +132,15 @@ pub mod fuzzing {
 
 pub use body::{MirrorBody, ResponseBody, TeeBody};
 pub use client::{HttpSender, SendFuture, Sender, ShadowBody};
-pub use config::{
-    ErrorCallback, KeyFn, Mode, Options, RateLimit, SampleKey, SuccessCallback, Target, percentage,
-};
+pub use config::{ErrorCallback, Mode, Options, SuccessCallback};
+pub use control::Changes;
 pub use error::{BoxError, ConfigError, MirrorError};
 pub use future::ResponseFuture;
-pub use handle::{Changes, ControlError, MirrorHandle, TargetStatus};
+pub use handle::{ControlError, MirrorHandle, TargetStatus};
 pub use head::{ClientAddr, RequestHead};
-pub use layer::{DrainReport, MirrorLayer};
+pub use layer::MirrorLayer;
 pub use outbound::X_MIRRORED_FROM;
 pub use response::MirrorResponse;
 pub use service::Mirror;
-pub use stats::{MirrorStats, NotMirroredStats, SkipStats, TargetStats};
+pub use stats::{DrainReport, MirrorStats, NotMirroredStats, SkipStats, TargetStats};
+pub use target::{KeyFn, RateLimit, SampleKey, Target, percentage};

@@ -12,12 +12,13 @@ use http::header::{HeaderName, HeaderValue};
 use crate::admit::{Admission, Filter, Limits, RateLimiter, Sampler, TargetState};
 use crate::body::ByteBudget;
 use crate::client::Sender;
-use crate::config::{ErrorCallback, Mode, Options, SuccessCallback, Target};
+use crate::config::{ErrorCallback, Mode, Options, SuccessCallback};
 use crate::error::ConfigError;
 use crate::observe::Observer;
 use crate::outbound::BaseUrl;
 use crate::outbound::request::{TargetRules, is_reserved};
 use crate::stats::MirrorStats;
+use crate::target::Target;
 
 /// A compiled configuration.
 pub(crate) struct Plan {

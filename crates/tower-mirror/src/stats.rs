@@ -255,3 +255,22 @@ impl NotMirroredStats {
         .into_iter()
     }
 }
+
+/// What [`MirrorLayer::drain`](crate::MirrorLayer::drain) left behind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Each target's name, with the mirrors still in flight to it.
+    pub in_flight: Vec<(String, usize)>,
+}
+
+impl DrainReport {
+    /// True when every mirror finished before the deadline.
+    pub fn is_complete(&self) -> bool {
+        self.abandoned() == 0
+    }
+
+    /// Mirrors still in flight at the deadline, over all targets.
+    pub fn abandoned(&self) -> usize {
+        self.in_flight.iter().map(|(_, n)| n).sum()
+    }
+}

@@ -4,8 +4,8 @@ use http::Method;
 use http::header::{HeaderName, HeaderValue};
 use regex::Regex;
 
-use crate::config::FilterSpec;
 use crate::head::{RequestHead, has_value};
+use crate::target::FilterSpec;
 
 /// A compiled filter. An empty one takes every request at the cost of one branch.
 #[derive(Debug, Default)]
@@ -122,7 +122,7 @@ fn under(path: &str, prefix: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Target;
+    use crate::target::Target;
     use http::Request;
 
     fn filter(target: &Target) -> Filter {

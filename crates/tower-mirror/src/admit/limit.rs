@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::config::RateLimit;
+use crate::target::RateLimit;
 
 /// Why a limit refused a mirror.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::{self, HeaderName};
 
-use crate::config::SampleKey;
 use crate::head::{ClientAddr, RequestHead, first_value};
+use crate::target::SampleKey;
 
 /// A sampling decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +37,7 @@ enum Key {
     Cookie(String),
     Query(String),
     ClientIp,
-    Custom(crate::config::KeyFn),
+    Custom(crate::target::KeyFn),
 }
 
 impl std::fmt::Debug for Sampler {

@@ -16,8 +16,8 @@ pub(crate) use budget::{ByteBudget, Reservation};
 pub use payload::MirrorBody;
 pub(crate) use payload::Payload;
 pub(crate) use replay::read_ahead;
-pub(crate) use response::PrimaryTap;
 pub use response::ResponseBody;
+pub(crate) use response::Tap;
 pub(crate) use tee::Tee;
 pub use tee::TeeBody;
 

@@ -1,17 +1,22 @@
-//! [`ResponseBody`]: the primary's response body, with an optional tap that hands its first
-//! bytes to the request's observations (such as a comparison) once it has ended.
+//! [`ResponseBody`]: the primary's response body, with an optional [`Tap`] that sees its data
+//! as it streams and its end (the observers' tap lives in `crate::observe`).
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::observe::{Observation, PrimaryResponse};
+/// What a [`ResponseBody`] reports to: each data chunk (reference-counted clones), then its
+/// end. Not told when the body fails.
+pub(crate) trait Tap: Send {
+    /// A data chunk, as it goes to the client.
+    fn data(&mut self, data: &Bytes);
+    /// The body has ended.
+    fn end(self: Box<Self>);
+}
 
 pin_project! {
     /// The primary's response body, as the layer returns it: exactly the inner service's
@@ -23,7 +28,7 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
-        tap: Option<Box<PrimaryTap>>,
+        tap: Option<Box<dyn Tap>>,
     }
 }
 
@@ -42,10 +47,10 @@ impl<B> ResponseBody<B> {
         self.inner
     }
 
-    pub(crate) fn tapped(inner: B, tap: PrimaryTap) -> Self {
+    pub(crate) fn tapped(inner: B, tap: Box<dyn Tap>) -> Self {
         Self {
             inner,
-            tap: Some(Box::new(tap)),
+            tap: Some(tap),
         }
     }
 }
@@ -67,7 +72,7 @@ where
             let finished = match &polled {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
-                        tap.push(data);
+                        tap.data(data);
                     }
                     this.inner.is_end_stream()
                 }
@@ -80,7 +85,7 @@ where
             };
             if finished {
                 if let Some(tap) = this.tap.take() {
-                    tap.finish();
+                    tap.end();
                 }
             }
         }
@@ -102,66 +107,5 @@ impl<B: fmt::Debug> fmt::Debug for ResponseBody<B> {
             .field("inner", &self.inner)
             .field("observed", &self.tap.is_some())
             .finish()
-    }
-}
-
-/// The primary response kept for the request's observations.
-pub(crate) struct PrimaryTap {
-    observations: Vec<Arc<dyn Observation>>,
-    status: http::StatusCode,
-    headers: http::HeaderMap,
-    latency: std::time::Duration,
-    chunks: Vec<Bytes>,
-    len: usize,
-    limit: usize,
-}
-
-impl PrimaryTap {
-    /// A tap for `response`, whose request reached the layer at `started`.
-    pub(crate) fn new<B>(
-        observations: Vec<Arc<dyn Observation>>,
-        started: Instant,
-        response: &http::Response<B>,
-    ) -> Self {
-        Self {
-            limit: observations
-                .iter()
-                .map(|o| o.body_limit())
-                .max()
-                .unwrap_or(0),
-            observations,
-            latency: started.elapsed(),
-            status: response.status(),
-            headers: response.headers().clone(),
-            chunks: Vec::new(),
-            len: 0,
-        }
-    }
-
-    fn push(&mut self, data: &Bytes) {
-        self.len = self.len.saturating_add(data.len());
-        if self.len <= self.limit && !data.is_empty() {
-            self.chunks.push(data.clone());
-        } else if self.len > self.limit {
-            // Over the cap the body is cut: keep nothing more.
-            self.chunks = Vec::new();
-        }
-    }
-
-    fn finish(self) {
-        let response = PrimaryResponse {
-            status: self.status,
-            headers: self.headers,
-            body: self.chunks,
-            complete: self.len <= self.limit,
-            latency: self.latency,
-        };
-        let Some((last, rest)) = self.observations.split_last() else {
-            return;
-        };
-        for observation in rest {
-            observation.primary(response.clone());
-        }
-        last.primary(response);
     }
 }

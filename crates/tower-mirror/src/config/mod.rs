@@ -1,14 +1,11 @@
 //! The configuration: [`Options`] for the layer and [`Target`]s, as the user writes them.
 //! The layer checks and compiles them into its plan (`crate::plan`).
 
-mod target;
-
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(crate) use target::FilterSpec;
-pub use target::{KeyFn, RateLimit, SampleKey, Target, percentage};
+use crate::target::Target;
 
 use crate::client::Sender;
 use crate::error::MirrorError;

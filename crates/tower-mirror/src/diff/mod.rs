@@ -62,11 +62,11 @@ use http::{HeaderMap, Method, StatusCode, Uri};
 
 pub use report::{DiffReport, Example, FieldDiff, LatencySummary, RouteDiff};
 
-use crate::config::Target;
 use crate::error::ConfigError;
 use crate::head::RequestHead;
 use crate::observe::{Observation, Observer, PrimaryResponse};
 use crate::response::MirrorResponse;
+use crate::target::Target;
 use compare::{Captured, Rules};
 use report::{Aggregator, Limits, Observation as Observation_};
 

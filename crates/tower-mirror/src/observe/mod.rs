@@ -10,15 +10,16 @@
 //! delivered (or will never be): the place to act on what it gathered.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
-use crate::config::Target;
+use crate::body::Tap;
 use crate::error::ConfigError;
 use crate::head::RequestHead;
 use crate::response::MirrorResponse;
+use crate::target::Target;
 
 /// Follows mirrored requests: see the [module docs](self).
 pub trait Observer: Send + Sync + 'static {
@@ -72,4 +73,67 @@ pub struct PrimaryResponse {
     pub complete: bool,
     /// Time from the request reaching the layer to the response head.
     pub latency: Duration,
+}
+
+/// The primary response kept for the request's observations.
+pub(crate) struct PrimaryTap {
+    observations: Vec<Arc<dyn Observation>>,
+    status: http::StatusCode,
+    headers: http::HeaderMap,
+    latency: std::time::Duration,
+    chunks: Vec<Bytes>,
+    len: usize,
+    limit: usize,
+}
+
+impl PrimaryTap {
+    /// A tap for `response`, whose request reached the layer at `started`.
+    pub(crate) fn new<B>(
+        observations: Vec<Arc<dyn Observation>>,
+        started: Instant,
+        response: &http::Response<B>,
+    ) -> Self {
+        Self {
+            limit: observations
+                .iter()
+                .map(|o| o.body_limit())
+                .max()
+                .unwrap_or(0),
+            observations,
+            latency: started.elapsed(),
+            status: response.status(),
+            headers: response.headers().clone(),
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl Tap for PrimaryTap {
+    fn data(&mut self, data: &Bytes) {
+        self.len = self.len.saturating_add(data.len());
+        if self.len <= self.limit && !data.is_empty() {
+            self.chunks.push(data.clone());
+        } else if self.len > self.limit {
+            // Over the cap the body is cut: keep nothing more.
+            self.chunks = Vec::new();
+        }
+    }
+
+    fn end(self: Box<Self>) {
+        let response = PrimaryResponse {
+            status: self.status,
+            headers: self.headers,
+            body: self.chunks,
+            complete: self.len <= self.limit,
+            latency: self.latency,
+        };
+        let Some((last, rest)) = self.observations.split_last() else {
+            return;
+        };
+        for observation in rest {
+            observation.primary(response.clone());
+        }
+        last.primary(response);
+    }
 }

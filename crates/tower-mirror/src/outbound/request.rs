@@ -159,8 +159,8 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    use crate::config::Target;
     use crate::plan::compile_rules;
+    use crate::target::Target;
 
     fn mirror_of(request: Request<()>, base: &str, body: MirrorBody) -> Request<MirrorBody> {
         mirror_to(request, Target::new(base), body)

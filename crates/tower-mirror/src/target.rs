@@ -1,4 +1,5 @@
-//! [`Target`]: where mirrored requests go, which of them, and how they are changed on the way.
+//! [`Target`]: where mirrored requests go, which of them, and how they are changed on the way
+//! (a leaf of the configuration: [`Options`](crate::Options) holds them, observers read them).
 
 use std::fmt;
 use std::str::FromStr;
