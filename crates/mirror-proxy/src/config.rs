@@ -118,7 +118,7 @@ pub struct RunArgs {
     /// sample_by ("header:NAME", "cookie:NAME", "query:NAME" or "client_ip"), rate ("200/s",
     /// "10/m", "1000/h"), methods, paths and exclude_paths (prefixes on segment
     /// boundaries), path_regex, headers ({ name = "exact value" }), rewrite_path
-    /// ({ from = REGEX, to = REPLACEMENT }), compare, baseline; and a [diff] table.
+    /// ({ from = REGEX, to = REPLACEMENT }), compare, baseline; and a `[diff]` table.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log format on stderr [default: text].

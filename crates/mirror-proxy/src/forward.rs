@@ -229,7 +229,7 @@ enum Sent {
 }
 
 /// Sends `request` and waits for the response head. The upstream timeout runs while the
-/// exchange waits on the upstream (see [`BodyProgress`]); a body failure ends it at once.
+/// exchange waits on the upstream (see `BodyProgress`); a body failure ends it at once.
 async fn send<B>(
     shared: &ForwardShared<B>,
     request: Request<UpstreamBody<B>>,
@@ -352,7 +352,7 @@ impl BodyProgress {
 }
 
 /// The request body on its way upstream: the client's frames, unchanged, while it keeps the
-/// exchange informed (see [`BodyProgress`]). Its error is the client's, boxed.
+/// exchange informed (see `BodyProgress`). Its error is the client's, boxed.
 #[derive(Debug)]
 pub struct UpstreamBody<B> {
     inner: B,
