@@ -278,6 +278,17 @@ async fn tls_clients_are_served() {
         "https"
     );
 
+    // A client speaking plain HTTP to the TLS listener fails the handshake: counted.
+    let mut plain = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut plain, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    proxy
+        .wait_stats("a failed handshake counted", |s| {
+            s["primary"]["rejected"]["tls_handshake"] == 1
+        })
+        .await;
+
     let (status, _, stderr) = support::run_to_exit(&[
         "--upstream",
         &upstream.url,
