@@ -272,6 +272,7 @@ pub(crate) fn compile_rules(target: &Target) -> Result<TargetRules, ConfigError>
         strip_headers,
         set_headers,
         rewrite_path,
+        trace_context: target.trace_context,
     })
 }
 

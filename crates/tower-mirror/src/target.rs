@@ -73,6 +73,7 @@ pub struct Target {
     pub(crate) sample_by: Option<SampleKey>,
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) rewrite_path: Option<(String, String)>,
+    pub(crate) trace_context: crate::outbound::TraceContext,
     /// Roles in comparisons (feature `diff`): plain data here, read by the diff observer.
     pub(crate) compare: bool,
     pub(crate) baseline: bool,
@@ -110,6 +111,7 @@ impl Target {
             sample_by: None,
             rate_limit: None,
             rewrite_path: None,
+            trace_context: crate::outbound::TraceContext::Child,
             compare: false,
             baseline: false,
         }
@@ -226,6 +228,14 @@ impl Target {
     /// counted (`dropped_rate_limited`), never queued, and before any body is copied.
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
         self.rate_limit = Some(limit);
+        self
+    }
+
+    /// This target, carrying the incoming W3C trace context as `policy` says: a new child
+    /// span of the incoming trace (the default), the same with the sampled flag cleared, or
+    /// none at all. See [`TraceContext`](crate::outbound::TraceContext).
+    pub fn trace_context(mut self, policy: crate::outbound::TraceContext) -> Self {
+        self.trace_context = policy;
         self
     }
 

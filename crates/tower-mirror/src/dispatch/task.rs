@@ -11,6 +11,7 @@ use crate::outbound::request::{self, RequestSnapshot};
 use crate::plan::{Plan, TargetRuntime};
 
 use super::exchange::exchange;
+use tracing::Instrument;
 
 /// A place among a target's `max_in_flight`, given back when dropped.
 pub(super) struct InFlight {
@@ -73,8 +74,26 @@ pub(super) async fn mirror_one(
         .iter()
         .map(|o| o.body_limit())
         .fold(plan.capture_response_body, usize::max);
-    let outcome =
-        tokio::time::timeout(plan.timeout, exchange(&*target.client, request, capture)).await;
+    // One span per exchange, at debug: nothing but a level check when no one listens.
+    let span = tracing::debug_span!(
+        "mirror",
+        target = name,
+        method = %request.method(),
+        path = request.uri().path(),
+        status = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    let exchange = exchange(&*target.client, request, capture).instrument(span.clone());
+    let outcome = tokio::time::timeout(plan.timeout, exchange).await;
+    let (status, label) = match &outcome {
+        Ok(Ok((response, _))) => (Some(response.status.as_u16()), "responded"),
+        Ok(Err(_)) => (None, "failed"),
+        Err(_) => (None, "timed_out"),
+    };
+    span.record("outcome", label);
+    if let Some(status) = status {
+        span.record("status", status);
+    }
     // Callbacks run before the counters move, so whoever sees a count also sees its callback.
     let counter = match outcome {
         Ok(Ok((mut response, complete))) => {

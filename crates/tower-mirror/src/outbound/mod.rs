@@ -5,7 +5,9 @@
 
 pub mod hop;
 pub(crate) mod request;
+pub(crate) mod trace;
 mod uri;
 
 pub use request::X_MIRRORED_FROM;
+pub use trace::{TRACEPARENT, TRACESTATE, TraceContext};
 pub use uri::{BaseUrl, InvalidUrl};

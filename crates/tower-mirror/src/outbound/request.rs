@@ -93,6 +93,7 @@ pub(crate) struct TargetRules {
     pub(crate) set_headers: Vec<(HeaderName, HeaderValue)>,
     /// A regular expression and its replacement, applied to the path before the join.
     pub(crate) rewrite_path: Option<(regex::Regex, String)>,
+    pub(crate) trace_context: super::trace::TraceContext,
 }
 
 /// Builds the mirrored request for `target`: HTTP/2 when it asks for it, else HTTP/1.1; its
@@ -127,6 +128,8 @@ pub(crate) fn build(
     {
         headers.remove(name);
     }
+    // Before the set headers, so that one setting `traceparent` itself wins.
+    super::trace::apply(target.trace_context, &mut headers);
     for (name, value) in &target.set_headers {
         headers.append(name.clone(), value.clone());
     }
