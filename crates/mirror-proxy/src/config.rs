@@ -54,7 +54,7 @@ pub struct DemoArgs {
 }
 
 /// Flags of the proxy itself.
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Default, Clone, Args)]
 pub struct RunArgs {
     /// Address to accept client connections on (HTTP/1.1 and h2c) [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
@@ -97,10 +97,14 @@ pub struct RunArgs {
     /// CPU].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
-    /// Serve /metrics (Prometheus), /stats (JSON) and /healthz on this address; off unless
-    /// given. Bind it to loopback: it is not authenticated.
+    /// Serve the admin API (/metrics, /stats, /targets, pause, percentage, kill switch,
+    /// /reload) on this address; off unless given. Off loopback it needs --admin-token-file.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
+    /// A file holding the admin API's token (its content, trimmed): the admin's changes then
+    /// need `Authorization: Bearer TOKEN`. Re-read on every reload.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// On SIGINT/SIGTERM, how long to wait for requests and then mirrors still in flight, in
     /// all, before exiting anyway [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -217,6 +221,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     workers: Option<usize>,
     admin: Option<SocketAddr>,
+    admin_token_file: Option<PathBuf>,
     drain_timeout: Option<HumanDuration>,
     log_format: Option<LogFormat>,
     ca_file: Option<PathBuf>,
@@ -430,6 +435,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Worker threads, each serving its share of connections on its own event loop.
     pub workers: usize,
+    /// True when `workers` was configured rather than taken from the CPU count (which a
+    /// reload then does not compare: the CPU count may have changed since).
+    pub workers_configured: bool,
     pub upstream: Upstream,
     pub upstream_timeout: Duration,
     /// Limits on client connections.
@@ -437,8 +445,12 @@ pub struct Config {
     /// The mirroring options (targets included); `targets` is empty for a plain proxy.
     pub mirror: MirrorSettings,
     pub admin: Option<SocketAddr>,
+    /// The admin API's token, read from `admin_token_file`: its changes need it.
+    pub admin_token: Option<AdminToken>,
     pub drain_timeout: Duration,
     pub log_format: LogFormat,
+    /// Extra roots for https upstreams and mirror targets, as configured.
+    pub ca_file: Option<PathBuf>,
     /// Roots trusted for https upstreams and mirror targets.
     pub tls_roots: rustls::RootCertStore,
     /// Skip certificate verification for mirror targets (never for the upstream).
@@ -446,7 +458,7 @@ pub struct Config {
 }
 
 /// Limits on client connections, with nginx's defaults where it has one.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Edge {
     /// To receive a request head (nginx `client_header_timeout`, 60 s).
     pub header_timeout: Duration,
@@ -600,11 +612,13 @@ impl Config {
                 .unwrap_or(defaults.max_in_flight),
             diff: diff_options(file.diff.unwrap_or_default()),
         };
+        let workers_configured = args.workers.or(file.workers).is_some();
         let workers = args
             .workers
             .or(file.workers)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
         let config = Self {
+            workers_configured,
             listen,
             workers,
             upstream,
@@ -658,12 +672,21 @@ impl Config {
                 .unwrap_or(Self::DEFAULT_UPSTREAM_TIMEOUT),
             mirror,
             admin: args.admin.or(file.admin),
+            admin_token: match args
+                .admin_token_file
+                .as_deref()
+                .or(file.admin_token_file.as_deref())
+            {
+                Some(path) => Some(AdminToken::read(path)?),
+                None => None,
+            },
             drain_timeout: args
                 .drain_timeout
                 .or(file.drain_timeout.map(|d| d.0))
                 .unwrap_or(Self::DEFAULT_DRAIN_TIMEOUT),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             tls_roots: roots(args.ca_file.as_deref().or(file.ca_file.as_deref()))?,
+            ca_file: args.ca_file.clone().or(file.ca_file),
             danger_accept_invalid_certs: args.danger_accept_invalid_certs
                 || file.danger_accept_invalid_certs.unwrap_or(false),
         };
@@ -743,6 +766,15 @@ impl Config {
                 self.mirror.max_body, self.mirror.max_buffered
             )));
         }
+        if let Some(admin) = self.admin {
+            if !admin.ip().is_loopback() && self.admin_token.is_none() {
+                return Err(error(format!(
+                    "--admin {admin}: not a loopback address, and no --admin-token-file: anyone \
+                     who reaches it could stop mirroring or reload the configuration; bind it \
+                     to loopback or give a token file"
+                )));
+            }
+        }
         if self.upstream_is_self() {
             return Err(error(format!(
                 "--upstream {}: that is this proxy's own --listen address {}; it would forward to itself",
@@ -761,6 +793,159 @@ impl Config {
             })?;
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The settings a running proxy cannot take from a reload, where `new` differs from
+    /// `self`, each as `key (old -> new)`: the listeners and workers are bound once, the edge
+    /// limits and TLS are built into each worker's server, logging is set up once, and the
+    /// trusted roots into the upstream clients and the mirror connection pools. Configured
+    /// values are compared, not bound addresses, so `:0` stays `:0`.
+    pub fn fixed_differences(&self, new: &Config) -> Vec<String> {
+        fn path(p: Option<&Path>) -> String {
+            p.map_or_else(|| "none".to_owned(), |p| p.display().to_string())
+        }
+        fn addr(a: Option<SocketAddr>) -> String {
+            a.map_or_else(|| "off".to_owned(), |a| a.to_string())
+        }
+        let (old_edge, new_edge) = (&self.edge, &new.edge);
+        let d = |d: Duration| format!("{d:?}");
+        // Workers left to the CPU count are whatever runs.
+        let new_workers = if new.workers_configured {
+            new.workers
+        } else {
+            self.workers
+        };
+        let tls = |e: &Edge, i: usize| {
+            path(
+                e.tls
+                    .as_ref()
+                    .map(|t| if i == 0 { t.0.as_path() } else { t.1.as_path() }),
+            )
+        };
+        let pairs = [
+            ("listen", self.listen.to_string(), new.listen.to_string()),
+            ("admin", addr(self.admin), addr(new.admin)),
+            ("workers", self.workers.to_string(), new_workers.to_string()),
+            (
+                "header_timeout",
+                d(old_edge.header_timeout),
+                d(new_edge.header_timeout),
+            ),
+            (
+                "idle_timeout",
+                d(old_edge.idle_timeout),
+                d(new_edge.idle_timeout),
+            ),
+            (
+                "body_timeout",
+                d(old_edge.body_timeout),
+                d(new_edge.body_timeout),
+            ),
+            (
+                "send_timeout",
+                d(old_edge.send_timeout),
+                d(new_edge.send_timeout),
+            ),
+            (
+                "max_connections",
+                old_edge.max_connections.to_string(),
+                new_edge.max_connections.to_string(),
+            ),
+            (
+                "max_header_bytes",
+                old_edge.max_header_bytes.to_string(),
+                new_edge.max_header_bytes.to_string(),
+            ),
+            (
+                "max_headers",
+                old_edge.max_headers.to_string(),
+                new_edge.max_headers.to_string(),
+            ),
+            (
+                "max_concurrent_streams",
+                old_edge.max_concurrent_streams.to_string(),
+                new_edge.max_concurrent_streams.to_string(),
+            ),
+            ("tls_cert", tls(old_edge, 0), tls(new_edge, 0)),
+            ("tls_key", tls(old_edge, 1), tls(new_edge, 1)),
+            (
+                "log_format",
+                format!("{:?}", self.log_format).to_lowercase(),
+                format!("{:?}", new.log_format).to_lowercase(),
+            ),
+            (
+                "ca_file",
+                path(self.ca_file.as_deref()),
+                path(new.ca_file.as_deref()),
+            ),
+            (
+                "danger_accept_invalid_certs",
+                self.danger_accept_invalid_certs.to_string(),
+                new.danger_accept_invalid_certs.to_string(),
+            ),
+        ];
+        pairs
+            .into_iter()
+            .filter(|(_, old, new)| old != new)
+            .map(|(key, old, new)| format!("{key} ({old} -> {new})"))
+            .collect()
+    }
+}
+
+/// The admin API's token, from `admin_token_file`. It is never shown, not even by `Debug`.
+#[derive(Clone)]
+pub struct AdminToken(std::sync::Arc<str>);
+
+impl AdminToken {
+    /// The token in the file at `path`: its content, trimmed, which must be non-empty and
+    /// printable ASCII without spaces (what an `Authorization` header can carry).
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let invalid =
+            |reason: String| error(format!("--admin-token-file {}: {reason}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+        Self::new(text.trim()).map_err(invalid)
+    }
+
+    /// `token` itself, checked as [`read`](Self::read) checks a file's content.
+    pub fn new(token: &str) -> Result<Self, String> {
+        if token.is_empty() {
+            return Err("no token in it (empty)".to_owned());
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                "the token must be printable ASCII without spaces, to fit an Authorization header"
+                    .to_owned(),
+            );
+        }
+        Ok(Self(token.into()))
+    }
+
+    /// True when `presented` is the token. The time it takes depends on `presented`'s length
+    /// alone, never on the token's content or length: every byte is compared, and nothing
+    /// returns early.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        let expected = self.0.as_bytes();
+        let mut equal = (expected.len() as u64).ct_eq(&(presented.len() as u64));
+        for (i, byte) in presented.iter().enumerate() {
+            equal &= byte.ct_eq(&expected[i % expected.len()]);
+        }
+        equal.into()
+    }
+}
+
+impl AdminToken {
+    /// True when both hold the same token.
+    pub(crate) fn same_as(&self, other: &Self) -> bool {
+        self.matches(other.0.as_bytes())
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
     }
 }
 
@@ -1142,6 +1327,104 @@ mod tests {
             "{text}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn admin_tokens_match_exactly() {
+        let token = AdminToken::new("s3cret").unwrap();
+        assert!(token.matches(b"s3cret"));
+        for wrong in [
+            &b""[..],
+            b"s3cre",
+            b"s3cret ",
+            b"s3cret-s3cret",
+            b"S3cret",
+            b"x",
+        ] {
+            assert!(!token.matches(wrong), "{wrong:?}");
+        }
+        assert!(AdminToken::new("").is_err());
+        assert!(AdminToken::new("two words").is_err());
+        assert_eq!(format!("{token:?}"), "AdminToken(<redacted>)");
+        assert!(token.same_as(&AdminToken::new("s3cret").unwrap()));
+        assert!(!token.same_as(&AdminToken::new("s3cret2").unwrap()));
+    }
+
+    #[test]
+    fn an_admin_off_loopback_needs_a_token() {
+        let dir = std::env::temp_dir().join(format!("mirror-proxy-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "  t0ken\n").unwrap();
+        let flags = |admin: &str, token: Option<&Path>| {
+            let mut all = vec!["--upstream", "http://u", "--admin", admin];
+            if let Some(token) = token {
+                all.extend(["--admin-token-file", token.to_str().unwrap()]);
+            }
+            Config::merge(&args(&all), FileConfig::default())
+        };
+        for open in ["0.0.0.0:9901", "10.1.2.3:9901", "[::]:9901"] {
+            let text = flags(open, None).unwrap_err().0;
+            assert!(
+                text.contains(open)
+                    && text.contains("loopback")
+                    && text.contains("--admin-token-file"),
+                "{text}"
+            );
+            assert!(flags(open, Some(&token)).is_ok(), "{open} with a token");
+        }
+        for loopback in ["127.0.0.1:9901", "[::1]:9901"] {
+            assert!(flags(loopback, None).is_ok(), "{loopback}");
+        }
+        let config = flags("127.0.0.1:0", Some(&token)).unwrap();
+        assert!(config.admin_token.unwrap().matches(b"t0ken"), "trimmed");
+        std::fs::write(&token, "\n \n").unwrap();
+        let text = flags("127.0.0.1:0", Some(&token)).unwrap_err().0;
+        assert!(
+            text.starts_with("--admin-token-file ") && text.contains("empty"),
+            "{text}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        let text = flags("127.0.0.1:0", Some(&dir.join("token")))
+            .unwrap_err()
+            .0;
+        assert!(text.starts_with("--admin-token-file "), "{text}");
+    }
+
+    #[test]
+    fn what_a_reload_cannot_change_is_named() {
+        let load = |text: &str| {
+            Config::merge(
+                &args(&[]),
+                file(&format!("upstream = \"http://u\"\n{text}")),
+            )
+            .unwrap()
+        };
+        let running = load("listen = \"127.0.0.1:0\"\nworkers = 2\n");
+        let mut by_default = load("listen = \"127.0.0.1:0\"\n");
+        by_default.workers = 7;
+        assert_eq!(
+            running.fixed_differences(&by_default),
+            Vec::<String>::new(),
+            "workers left to the CPU count are whatever runs"
+        );
+        let same = load(
+            "listen = \"127.0.0.1:0\"\nworkers = 2\ntimeout = \"1s\"\nupstream_timeout = \"3s\"\n",
+        );
+        assert_eq!(running.fixed_differences(&same), Vec::<String>::new());
+        let moved = load(
+            "listen = \"127.0.0.1:9000\"\nworkers = 3\nheader_timeout = \"5s\"\nlog_format = \"json\"\nadmin = \"127.0.0.1:9901\"\n",
+        );
+        assert_eq!(
+            running.fixed_differences(&moved),
+            [
+                "listen (127.0.0.1:0 -> 127.0.0.1:9000)",
+                "admin (off -> 127.0.0.1:9901)",
+                "workers (2 -> 3)",
+                "header_timeout (60s -> 5s)",
+                "log_format (text -> json)",
+            ]
+        );
     }
 
     #[test]

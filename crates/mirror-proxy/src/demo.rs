@@ -264,7 +264,7 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let proxy_addr = proxy.local_addr();
     let admin_addr = proxy.admin_addr();
     let mirror = proxy.mirror().cloned().ok_or("the demo mirrors")?;
-    let diff = proxy.diff().cloned().ok_or("the demo compares")?;
+    let diff = proxy.diff().ok_or("the demo compares")?;
     let telemetry = Arc::clone(proxy.telemetry());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(proxy.serve(async move {
@@ -536,12 +536,12 @@ fn print_table(mirror: &tower_mirror::MirrorLayer, telemetry: &Telemetry, shadow
         "target", "sent", "responded", "5xx", "errors", "dropped", "skipped", "p50", "p99"
     );
     let stats = mirror.stats();
-    for ((t, extra), shadow) in stats
+    let extras: Vec<_> = stats
         .targets
         .iter()
-        .zip(telemetry.targets.iter())
-        .zip(shadows)
-    {
+        .map(|t| telemetry.target(&t.name).expect("every target is tracked"))
+        .collect();
+    for ((t, extra), shadow) in stats.targets.iter().zip(&extras).zip(shadows) {
         println!(
             "{:<13} {:>7} {:>9} {:>6} {:>7} {:>8} {:>8} {:>9} {:>9}",
             shadow.shop.name,

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -40,11 +41,33 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Where requests go and how long the upstream may take: swapped whole by a reload, read once
+/// per request (one atomic load, no lock).
+#[derive(Debug, Clone)]
+pub struct UpstreamRoute {
+    /// The upstream.
+    pub upstream: Upstream,
+    /// The longest wait for its response head (see the [module docs](self)).
+    pub timeout: Duration,
+}
+
+/// The route every worker reads, and a reload replaces.
+pub type LiveRoute = Arc<ArcSwap<UpstreamRoute>>;
+
+impl UpstreamRoute {
+    /// A route to `upstream`, ready to share and swap.
+    pub fn live(upstream: Upstream, timeout: Duration) -> LiveRoute {
+        Arc::new(ArcSwap::from_pointee(Self { upstream, timeout }))
+    }
+}
+
 /// What every connection's forwarding service shares.
 pub struct ForwardShared<B> {
+    /// Pooled keep-alive clients: HTTP/1.1 (HTTP/2 where ALPN picks it), and HTTP/2 only for
+    /// upstreams with `http2`. Both exist so that a reload can switch between them.
     client: Client<HttpsConnector<HttpConnector>, UpstreamBody<B>>,
-    upstream: Upstream,
-    timeout: Duration,
+    client_http2: Client<HttpsConnector<HttpConnector>, UpstreamBody<B>>,
+    route: LiveRoute,
     telemetry: Arc<Telemetry>,
 }
 
@@ -53,27 +76,29 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    /// A pooled keep-alive client to `upstream`: HTTP/1.1 (HTTPS through rustls trusting
-    /// `roots`, HTTP/2 where ALPN picks it), or HTTP/2 only when `upstream.http2` (with prior
-    /// knowledge on http://, whatever ALPN says on https://).
+    /// Pooled keep-alive clients to the upstream `route` names at each request: HTTP/1.1
+    /// (HTTPS through rustls trusting `roots`, HTTP/2 where ALPN picks it), or HTTP/2 only
+    /// when the upstream has `http2` (with prior knowledge on http://, whatever ALPN says on
+    /// https://).
     pub fn new(
-        upstream: Upstream,
-        timeout: Duration,
+        route: LiveRoute,
         roots: rustls::RootCertStore,
         telemetry: Arc<Telemetry>,
     ) -> Arc<Self> {
         // The TLS set-up and connector the mirrors use: one rule for every outbound leg.
         let https = tls::connector(tls::client_config(roots));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_only(upstream.http2)
-            .build(https);
+        let client = |http2: bool| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .http2_only(http2)
+                .build(https.clone())
+        };
         Arc::new(Self {
-            client,
-            upstream,
-            timeout,
+            client: client(false),
+            client_http2: client(true),
+            route,
             telemetry,
         })
     }
@@ -148,7 +173,13 @@ where
 {
     let upgrade = hop::is_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-    let Some(uri) = shared.upstream.base.join(request.uri()) else {
+    // The route in force when the request arrived serves the whole exchange.
+    let (uri, http2, timeout) = {
+        let route = shared.route.load();
+        let uri = route.upstream.base.join(request.uri());
+        (uri, route.upstream.http2, route.timeout)
+    };
+    let Some(uri) = uri else {
         shared
             .telemetry
             .record_rejected(Rejection::NoPath, request.uri());
@@ -157,13 +188,13 @@ where
             "400 Bad Request: the request target has no path\n",
         );
     };
-    prepare_request(&mut request, uri, upgrade, shared.upstream.http2);
+    prepare_request(&mut request, uri, upgrade, http2);
     let (parts, body) = request.into_parts();
     let (body, progress) = UpstreamBody::new(body);
     let request = Request::from_parts(parts, body);
 
     let started = std::time::Instant::now();
-    let mut response = match send(shared, request, progress).await {
+    let mut response = match send(shared, request, progress, http2, timeout).await {
         Sent::Answered(response) => response,
         Sent::Unavailable(error) => {
             shared
@@ -229,20 +260,27 @@ enum Sent {
 }
 
 /// Sends `request` and waits for the response head. The upstream timeout runs while the
-/// exchange waits on the upstream (see `BodyProgress`); a body failure ends it at once.
+/// exchange waits on the upstream (see [`BodyProgress`]); a body failure ends it at once.
 async fn send<B>(
     shared: &ForwardShared<B>,
     request: Request<UpstreamBody<B>>,
     progress: Option<Arc<BodyProgress>>,
+    http2: bool,
+    timeout: Duration,
 ) -> Sent
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let sent = shared.client.request(request);
+    let client = if http2 {
+        &shared.client_http2
+    } else {
+        &shared.client
+    };
+    let sent = client.request(request);
     let Some(progress) = progress else {
         // No body: the wait is the upstream's from the start.
-        return match tokio::time::timeout(shared.timeout, sent).await {
+        return match tokio::time::timeout(timeout, sent).await {
             Ok(Ok(response)) => Sent::Answered(response),
             Ok(Err(error)) => Sent::Unavailable(error),
             Err(_elapsed) => Sent::TimedOut,
@@ -252,7 +290,7 @@ where
     // The timer is checked lazily: when it fires, it is re-armed for one timeout after the
     // moment the exchange started waiting on the upstream, or one timeout later while the
     // body waits on the client. So a body frame costs two atomic stores, not a wake-up.
-    let mut check_at = progress.origin + shared.timeout;
+    let mut check_at = progress.origin + timeout;
     loop {
         tokio::select! {
             biased;
@@ -274,9 +312,9 @@ where
             () = tokio::time::sleep_until(check_at) => {
                 let now = Instant::now();
                 match progress.upstream_since() {
-                    None => check_at = now + shared.timeout,
-                    Some(since) if now >= since + shared.timeout => return Sent::TimedOut,
-                    Some(since) => check_at = since + shared.timeout,
+                    None => check_at = now + timeout,
+                    Some(since) if now >= since + timeout => return Sent::TimedOut,
+                    Some(since) => check_at = since + timeout,
                 }
             }
         }
@@ -753,9 +791,8 @@ mod tests {
             let upstream = silent_upstream(Arc::clone(&got)).await;
             let telemetry = Arc::new(Telemetry::new([], false));
             let shared = ForwardShared::<FailingBody>::new(
-                upstream,
                 // Far beyond the test's deadline: the answer must not wait for it.
-                Duration::from_secs(60),
+                UpstreamRoute::live(upstream, Duration::from_secs(60)),
                 tls::webpki_roots(),
                 Arc::clone(&telemetry),
             );

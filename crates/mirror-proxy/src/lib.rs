@@ -12,6 +12,7 @@ pub mod diff_page;
 pub mod forward;
 pub mod limits;
 pub mod normalize;
+pub mod reload;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
@@ -32,6 +33,22 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Reloads the configuration on every SIGHUP, as `POST /reload` does, logging the outcome.
+/// The handler is in place when this returns (from then on SIGHUP no longer ends the
+/// process); call it within a Tokio runtime.
+#[cfg(unix)]
+pub fn reload_on_sighup(live: std::sync::Arc<reload::Live>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            // Logged and counted by the reload itself.
+            let _ = live.reload(reload::Source::Sighup);
+        }
+    });
+    Ok(())
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

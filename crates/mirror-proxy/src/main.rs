@@ -58,13 +58,18 @@ async fn run(cli: Cli) -> ExitCode {
         }
     };
     mirror_proxy::init_logging(config.log_format);
-    let proxy = match Proxy::bind(config.clone()).await {
+    let proxy = match Proxy::bind_reloadable(config.clone(), cli.run).await {
         Ok(proxy) => proxy,
         Err(error) => {
             eprintln!("mirror-proxy: error: {error}");
             return ExitCode::from(BAD_CONFIG);
         }
     };
+    // Before the ready lines: whoever sends SIGHUP after reading them gets a reload.
+    #[cfg(unix)]
+    if let Err(error) = mirror_proxy::reload_on_sighup(std::sync::Arc::clone(proxy.live())) {
+        tracing::warn!(%error, "cannot listen for SIGHUP: reload with POST /reload instead");
+    }
     // One line each on stdout, for scripts and tests that started us on port 0.
     println!("listening on {}", proxy.local_addr());
     if let Some(admin) = proxy.admin_addr() {

@@ -5,7 +5,9 @@
 //! shares the address), its own upstream client and its own mirror connections, so a request,
 //! its upstream exchange and its mirrors stay on one thread: no cross-thread wake-ups, which
 //! cost as much CPU as the proxying itself under load. The mirror layer (sampling, limits,
-//! counters) is one, shared by every worker.
+//! counters) is one, shared by every worker. What a reload may change — the upstream route,
+//! the layer's configuration, the admin token — lives in [`Live`], which every worker reads
+//! per request without a lock.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -26,12 +28,13 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::{Layer, Service};
 use tower_mirror::diff::Diff;
-use tower_mirror::{DrainReport, HttpSender, MirrorBody, MirrorLayer, Options, SendFuture, Sender};
+use tower_mirror::{DrainReport, HttpSender, MirrorBody, MirrorLayer, SendFuture, Sender};
 
-use crate::config::{Config, ConfigError, Edge};
-use crate::forward::{Forward, ForwardShared};
+use crate::config::{Config, ConfigError, Edge, RunArgs};
+use crate::forward::{Forward, ForwardShared, LiveRoute};
 use crate::limits::{Activity, TimeoutBody, Watched};
 use crate::normalize::{Inbound, normalize};
+use crate::reload::{Live, Mirroring, new_diff};
 use crate::telemetry::Rejection;
 use crate::telemetry::Telemetry;
 use tower_mirror::Target;
@@ -43,9 +46,8 @@ pub struct Proxy {
     /// with that runtime, so that everything fallible is done before serving.
     workers: Vec<(WorkerRuntime, TcpListener)>,
     admin: Option<TcpListener>,
-    mirror: Option<MirrorLayer>,
-    /// The comparisons, when a target is compared.
-    diff: Option<Diff>,
+    /// What can change while it runs: the mirror layer, the upstream, the admin token.
+    live: Arc<Live>,
     telemetry: Arc<Telemetry>,
     edge: Arc<EdgeRuntime>,
 }
@@ -64,8 +66,18 @@ pub struct ShutdownReport {
 
 impl Proxy {
     /// Binds the listeners and builds the mirror layer. An address in use is a configuration
-    /// error naming the flag.
+    /// error naming the flag. Reloads have no file to re-read: see [`Proxy::bind_reloadable`].
     pub async fn bind(config: Config) -> Result<Self, ConfigError> {
+        Self::bind_with(config, None).await
+    }
+
+    /// [`Proxy::bind`], for a `config` loaded from `args`: a reload (`POST /reload`, SIGHUP)
+    /// re-reads the file they name under the same flags.
+    pub async fn bind_reloadable(config: Config, args: RunArgs) -> Result<Self, ConfigError> {
+        Self::bind_with(config, Some(args)).await
+    }
+
+    async fn bind_with(config: Config, args: Option<RunArgs>) -> Result<Self, ConfigError> {
         let workers = bind_workers(config.listen, config.workers)?;
         let admin = match config.admin {
             Some(addr) => Some(
@@ -79,22 +91,40 @@ impl Proxy {
             config.mirror.targets.iter().map(Target::name),
             admin.is_some(),
         ));
-        let (mirror, diff) = if config.mirror.targets.is_empty() {
-            (None, None)
+        let diff = if config.mirror.compares() {
+            Some(new_diff(&config.mirror, &telemetry)?)
         } else {
-            let (mirror, diff) = mirror_layer(&config, &telemetry)?;
-            (Some(mirror), diff)
+            None
+        };
+        if config.danger_accept_invalid_certs {
+            tracing::warn!(
+                "--danger-accept-invalid-certs is on: certificates of https mirror targets are \
+                 NOT verified, so mirrored traffic can be read and altered in transit"
+            );
+        }
+        // The engine needs a target to build a layer: a proxy started without one stays a
+        // plain proxy, and adding the first target takes a restart.
+        let mirroring = if config.mirror.targets.is_empty() {
+            None
+        } else {
+            Some(Mirroring::new(&config, &telemetry, diff.as_ref())?)
         };
         let edge = Arc::new(EdgeRuntime::new(
             config.edge.clone(),
             Arc::clone(&telemetry),
         )?);
+        let live = Arc::new(Live::new(
+            config.clone(),
+            Arc::clone(&telemetry),
+            mirroring,
+            diff,
+            args,
+        ));
         Ok(Self {
             config,
             workers,
             admin,
-            mirror,
-            diff,
+            live,
             telemetry,
             edge,
         })
@@ -117,12 +147,17 @@ impl Proxy {
 
     /// The mirror layer, unless this is a plain proxy.
     pub fn mirror(&self) -> Option<&MirrorLayer> {
-        self.mirror.as_ref()
+        self.live.layer()
     }
 
     /// The comparisons, when a target is compared with the primary.
-    pub fn diff(&self) -> Option<&Diff> {
-        self.diff.as_ref()
+    pub fn diff(&self) -> Option<Diff> {
+        self.live.diff()
+    }
+
+    /// What can change while it runs, and the reload.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
     }
 
     /// The proxy's counters.
@@ -136,11 +171,8 @@ impl Proxy {
         let (stop, stopped) = watch::channel(false);
         let (exit, exiting) = watch::channel(false);
         if let Some(admin) = self.admin {
-            let router = crate::admin::router(
-                Arc::clone(&self.telemetry),
-                self.mirror.clone(),
-                self.diff.clone(),
-            );
+            let router = crate::admin::router(Arc::clone(&self.live))
+                .into_make_service_with_connect_info::<SocketAddr>();
             let mut stopped = stopped.clone();
             tokio::spawn(async move {
                 let _ = axum::serve(admin, router)
@@ -161,12 +193,11 @@ impl Proxy {
         };
         let body_timeout = self.config.edge.body_timeout;
         let upstream = UpstreamClients {
-            upstream: self.config.upstream.clone(),
-            timeout: self.config.upstream_timeout,
+            route: Arc::clone(self.live.route()),
             roots: self.config.tls_roots.clone(),
             telemetry: Arc::clone(&self.telemetry),
         };
-        let workers = match &self.mirror {
+        let workers = match self.live.layer() {
             Some(mirror) => {
                 let mirror = mirror.clone();
                 spawn_workers(self.workers, signals, move || {
@@ -192,7 +223,7 @@ impl Proxy {
             tracing::error!(workers_failed, "stopping: not every worker could start");
         }
         // Requests, then mirrors, share one drain timeout from the moment shutdown begins.
-        let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
+        let deadline = tokio::time::Instant::now() + self.live.drain_timeout();
         let _ = stop.send(true);
         let connections_abandoned = match tokio::time::timeout_at(deadline, all_closed.recv()).await
         {
@@ -200,7 +231,7 @@ impl Proxy {
             Err(_) => all_closed.sender_strong_count(),
         };
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let mirrors = match &self.mirror {
+        let mirrors = match self.live.layer() {
             // The workers keep running their mirror tasks until told to exit.
             Some(mirror) => Some(mirror.drain(left).await),
             None => None,
@@ -244,8 +275,7 @@ fn normalized<S>(
 
 /// What each worker's own pooled client to the upstream is built from.
 struct UpstreamClients {
-    upstream: crate::config::Upstream,
-    timeout: Duration,
+    route: LiveRoute,
     roots: rustls::RootCertStore,
     telemetry: Arc<Telemetry>,
 }
@@ -259,73 +289,22 @@ impl UpstreamClients {
         B::Error: Into<tower_mirror::BoxError>,
     {
         ForwardShared::new(
-            self.upstream.clone(),
-            self.timeout,
+            Arc::clone(&self.route),
             self.roots.clone(),
             Arc::clone(&self.telemetry),
         )
     }
 }
 
-/// The mirror layer, its callbacks feeding `telemetry`, its mirrors sent through a connection
-/// pool per worker; and the comparisons, when a target is compared.
-fn mirror_layer(
-    config: &Config,
-    telemetry: &Arc<Telemetry>,
-) -> Result<(MirrorLayer, Option<Diff>), ConfigError> {
-    let (on_success, on_error) = (Arc::clone(telemetry), Arc::clone(telemetry));
-    let on_comparison = Arc::clone(telemetry);
-    let mut diff_options = config.mirror.diff.clone();
-    diff_options.on_comparison = Some(Arc::new(move |comparison: &_| {
-        on_comparison.compared(comparison)
-    }));
-    let diff = if config.mirror.compares() {
-        Some(Diff::new(diff_options).map_err(|e| ConfigError(e.to_string()))?)
-    } else {
-        None
-    };
-    let danger = config.danger_accept_invalid_certs;
-    if danger {
-        tracing::warn!(
-            "--danger-accept-invalid-certs is on: certificates of https mirror targets are \
-             NOT verified, so mirrored traffic can be read and altered in transit"
-        );
-    }
-    let roots = config.tls_roots.clone();
-    let sender = PerWorkerSender::new(move || {
-        if danger {
-            HttpSender::dangerous_accept_invalid_certificates()
-        } else {
-            HttpSender::with_root_certificates(roots.clone())
-        }
-    });
-    let options = Options {
-        on_success: Some(Arc::new(move |target: &str, response: &_| {
-            on_success.mirror_succeeded(target, response)
-        })),
-        on_error: Some(Arc::new(move |target: &str, error: &_| {
-            on_error.mirror_failed(target, error)
-        })),
-        observers: diff
-            .iter()
-            .map(|diff| Arc::new(diff.clone()) as Arc<dyn tower_mirror::observe::Observer>)
-            .collect(),
-        sender: Some(Arc::new(sender)),
-        ..config.mirror.options()
-    };
-    let layer = MirrorLayer::with_options(options).map_err(|e| ConfigError(e.to_string()))?;
-    Ok((layer, diff))
-}
-
 /// Sends each mirror through an `HttpSender` of the worker thread it runs on: a mirror task
 /// runs on the worker that took its request, and so do its connection's tasks.
-struct PerWorkerSender {
+pub(crate) struct PerWorkerSender {
     id: usize,
     make: Box<dyn Fn() -> HttpSender + Send + Sync>,
 }
 
 impl PerWorkerSender {
-    fn new(make: impl Fn() -> HttpSender + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(make: impl Fn() -> HttpSender + Send + Sync + 'static) -> Self {
         static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

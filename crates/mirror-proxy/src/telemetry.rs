@@ -1,14 +1,16 @@
 //! What the proxy counts and shows: primary and mirror counters, latency histograms, the
 //! Prometheus exposition, the `/stats` JSON, and rate-limited logs of failed mirrors.
 
-use std::sync::LazyLock;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use http::StatusCode;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
-use tower_mirror::{MirrorError, MirrorLayer, MirrorResponse};
+use tower_mirror::{MirrorError, MirrorHandle, MirrorResponse};
 
 /// Histogram buckets for Prometheus, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -262,6 +264,46 @@ pub struct TargetTelemetry {
     unlogged_failures: AtomicU64,
 }
 
+impl TargetTelemetry {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            latency: LatencyHistogram::default(),
+            responses: StatusClasses::default(),
+            latency_metric: metrics::histogram!(
+                "mirror_latency_seconds",
+                "target" => name.to_owned()
+            ),
+            // "Long ago", so the first failure is logged.
+            last_log_ms: AtomicU64::new(0),
+            unlogged_failures: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Operating it live: reloads and the admin API's refusals.
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    /// Reloads applied.
+    pub reloads_ok: AtomicU64,
+    /// Reloads refused (a bad file, a setting that needs a restart): nothing applied.
+    pub reloads_error: AtomicU64,
+    /// When the configuration was last loaded successfully (at start, then by reloads):
+    /// seconds since the Unix epoch, as `f64` bits.
+    last_success_bits: AtomicU64,
+    /// Admin requests refused for a missing or wrong token.
+    pub admin_unauthorized: AtomicU64,
+    last_unauthorized_log_ms: AtomicU64,
+    unlogged_unauthorized: AtomicU64,
+}
+
+impl LiveStats {
+    /// Seconds since the Unix epoch at the last successful load.
+    pub fn last_success(&self) -> f64 {
+        f64::from_bits(self.last_success_bits.load(Relaxed))
+    }
+}
+
 /// The most distinct routes given their own label in comparison metrics; the rest are
 /// labelled `other`, so label cardinality stays bounded.
 const MAX_ROUTE_LABELS: usize = 256;
@@ -273,8 +315,14 @@ pub struct Telemetry {
     route_labels: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The primary path.
     pub primary: PrimaryStats,
-    /// Mirror targets, in configured order.
-    pub targets: Box<[TargetTelemetry]>,
+    /// Mirror targets: those configured, and those the last reload removed (whose mirrors
+    /// may still be in flight).
+    targets: ArcSwap<Vec<Arc<TargetTelemetry>>>,
+    /// Reloads and admin refusals.
+    pub live: LiveStats,
+    /// The targets `mirror_target_enabled` was last exported for, so that a removed one
+    /// drops to 0.
+    exported_targets: Mutex<HashSet<String>>,
     prometheus: Option<PrometheusHandle>,
     /// `proxy_upstream_latency_seconds`, registered once.
     upstream_latency_metric: metrics::Histogram,
@@ -286,32 +334,84 @@ impl Telemetry {
     pub fn new<'a>(targets: impl IntoIterator<Item = &'a str>, prometheus: bool) -> Self {
         // The recorder first: metric handles register with whichever recorder is installed.
         let prometheus = prometheus.then(install_prometheus).flatten();
-        Self {
+        let telemetry = Self {
             upstream_latency_metric: metrics::histogram!("proxy_upstream_latency_seconds"),
             started: Instant::now(),
             route_labels: std::sync::Mutex::default(),
             primary: PrimaryStats::default(),
-            targets: targets
-                .into_iter()
-                .map(|name| TargetTelemetry {
-                    name: name.to_owned(),
-                    latency: LatencyHistogram::default(),
-                    responses: StatusClasses::default(),
-                    latency_metric: metrics::histogram!(
-                        "mirror_latency_seconds",
-                        "target" => name.to_owned()
-                    ),
-                    // "Long ago", so the first failure is logged.
-                    last_log_ms: AtomicU64::new(0),
-                    unlogged_failures: AtomicU64::new(0),
-                })
-                .collect(),
+            targets: ArcSwap::from_pointee(
+                targets
+                    .into_iter()
+                    .map(|name| Arc::new(TargetTelemetry::new(name)))
+                    .collect(),
+            ),
+            live: LiveStats::default(),
+            exported_targets: Mutex::default(),
             prometheus,
+        };
+        telemetry.record_load();
+        telemetry
+    }
+
+    /// The per-target telemetry of `name`, if it is tracked.
+    pub fn target(&self, name: &str) -> Option<Arc<TargetTelemetry>> {
+        self.targets.load().iter().find(|t| t.name == name).cloned()
+    }
+
+    /// The names of the targets tracked, in order.
+    pub fn target_names(&self) -> Vec<String> {
+        self.targets.load().iter().map(|t| t.name.clone()).collect()
+    }
+
+    /// Tracks exactly the targets named, in that order: those already tracked keep their
+    /// histograms and counts, new ones start empty, the others are let go. (A reload tracks
+    /// its new targets before the layer takes them, so no mirror outcome goes unrecorded.)
+    pub fn track_targets<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let current = self.targets.load_full();
+        let mut seen = HashSet::new();
+        let targets = names
+            .into_iter()
+            .filter(|name| seen.insert(*name))
+            .map(|name| {
+                current
+                    .iter()
+                    .find(|t| t.name == name)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(TargetTelemetry::new(name)))
+            })
+            .collect();
+        self.targets.store(Arc::new(targets));
+    }
+
+    /// The configuration was loaded (at start, or by a reload).
+    fn record_load(&self) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.live.last_success_bits.store(now.to_bits(), Relaxed);
+    }
+
+    /// A reload was applied (`ok`) or refused.
+    pub fn record_reload(&self, ok: bool) {
+        if ok {
+            self.live.reloads_ok.fetch_add(1, Relaxed);
+            self.record_load();
+        } else {
+            self.live.reloads_error.fetch_add(1, Relaxed);
         }
     }
 
-    fn target(&self, name: &str) -> Option<&TargetTelemetry> {
-        self.targets.iter().find(|t| t.name == name)
+    /// An admin request without the right token: counted, and logged at most once a second
+    /// (with the number left out since).
+    pub fn record_unauthorized(&self, detail: &dyn std::fmt::Display) {
+        let live = &self.live;
+        live.admin_unauthorized.fetch_add(1, Relaxed);
+        if self.due(&live.last_unauthorized_log_ms) {
+            let suppressed = live.unlogged_unauthorized.swap(0, Relaxed);
+            tracing::warn!(detail = %detail, suppressed, "admin request refused: 401");
+        } else {
+            live.unlogged_unauthorized.fetch_add(1, Relaxed);
+        }
     }
 
     // Counters are kept in atomics here and handed to Prometheus at scrape time; histograms
@@ -415,7 +515,8 @@ impl Telemetry {
 
     /// tower-mirror's `on_success`.
     pub fn mirror_succeeded(&self, name: &str, response: &MirrorResponse) {
-        let Some(target) = self.target(name) else {
+        let targets = self.targets.load();
+        let Some(target) = targets.iter().find(|t| t.name == name) else {
             return;
         };
         target.latency.record(response.latency());
@@ -428,7 +529,8 @@ impl Telemetry {
     /// tower-mirror's `on_error`: one log line per target per second at most, so a dead
     /// target cannot flood the log; the lines in between are counted and reported.
     pub fn mirror_failed(&self, name: &str, error: &MirrorError) {
-        let Some(target) = self.target(name) else {
+        let targets = self.targets.load();
+        let Some(target) = targets.iter().find(|t| t.name == name) else {
             return;
         };
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
@@ -481,11 +583,12 @@ impl Telemetry {
 
     /// The Prometheus text exposition: the recorder's metrics, with the mirror layer's
     /// counters brought up to date first.
-    pub fn render_prometheus(&self, mirror: Option<&MirrorLayer>) -> Option<String> {
+    pub fn render_prometheus(&self, mirror: Option<&MirrorHandle>) -> Option<String> {
         let handle = self.prometheus.as_ref()?;
         self.export_counters();
         if let Some(mirror) = mirror {
             export_mirror_counters(mirror);
+            self.export_enabled(mirror);
         }
         metrics::gauge!("proxy_uptime_seconds").set(self.started.elapsed().as_secs_f64());
         handle.run_upkeep();
@@ -493,7 +596,7 @@ impl Telemetry {
     }
 
     /// The `/stats` document.
-    pub fn stats_json(&self, mirror: Option<&MirrorLayer>) -> Value {
+    pub fn stats_json(&self, mirror: Option<&MirrorHandle>) -> Value {
         let primary = &self.primary;
         let mut document = json!({
             "uptime_seconds": self.started.elapsed().as_secs_f64(),
@@ -512,17 +615,31 @@ impl Telemetry {
                         .collect()
                 ),
             },
+            "config": {
+                "reloads": {
+                    "ok": self.live.reloads_ok.load(Relaxed),
+                    "error": self.live.reloads_error.load(Relaxed),
+                },
+                "last_reload_success_timestamp_seconds": self.live.last_success(),
+                "admin_unauthorized": self.live.admin_unauthorized.load(Relaxed),
+            },
         });
         if let Some(mirror) = mirror {
             let stats = mirror.stats();
+            let statuses = mirror.targets();
             let targets: Vec<Value> = stats
                 .targets
                 .iter()
                 .map(|t| {
                     let extra = self.target(&t.name);
+                    let status = statuses.iter().find(|s| s.name == t.name);
                     json!({
                         "name": t.name,
                         "url": t.url,
+                        "percentage": status.map(|s| s.percentage),
+                        "enabled": status.is_some_and(|s| s.enabled),
+                        "removed": t.removed,
+                        "paused": t.paused,
                         "filtered": t.filtered,
                         "sampled": t.sampled,
                         "sampled_without_key": t.sampled_without_key,
@@ -536,12 +653,13 @@ impl Telemetry {
                         "skipped": Value::Object(
                             t.skipped.iter().map(|(r, n)| (r.to_owned(), json!(n))).collect()
                         ),
-                        "responses": extra.map(|e| e.responses.json()),
+                        "responses": extra.as_ref().map(|e| e.responses.json()),
                         "latency_ms": extra.map(|e| e.latency.summary_ms()),
                     })
                 })
                 .collect();
             document["mirror"] = json!({
+                "enabled": mirror.is_enabled(),
                 "targets": targets,
                 "not_mirrored": Value::Object(
                     stats.not_mirrored.iter().map(|(r, n)| (r.to_owned(), json!(n))).collect()
@@ -581,7 +699,16 @@ impl Telemetry {
             )
             .absolute(n);
         }
-        for target in &self.targets {
+        let live = &self.live;
+        for (result, n) in [("ok", &live.reloads_ok), ("error", &live.reloads_error)] {
+            metrics::counter!("mirror_config_reloads_total", "result" => result)
+                .absolute(n.load(Relaxed));
+        }
+        metrics::gauge!("mirror_config_last_reload_success_timestamp_seconds")
+            .set(live.last_success());
+        metrics::counter!("mirror_proxy_admin_unauthorized_total")
+            .absolute(live.admin_unauthorized.load(Relaxed));
+        for target in self.targets.load().iter() {
             for (class, n) in target.responses.iter() {
                 metrics::counter!(
                     "mirror_responses_total",
@@ -591,6 +718,28 @@ impl Telemetry {
                 .absolute(n);
             }
         }
+    }
+}
+
+impl Telemetry {
+    /// `mirror_enabled` and `mirror_target_enabled{target}`: 1 or 0; a target no longer
+    /// configured drops to 0.
+    fn export_enabled(&self, mirror: &MirrorHandle) {
+        metrics::gauge!("mirror_enabled").set(if mirror.is_enabled() { 1.0 } else { 0.0 });
+        let mut exported = self
+            .exported_targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut now = HashSet::new();
+        for target in mirror.targets() {
+            let enabled = if target.enabled { 1.0 } else { 0.0 };
+            metrics::gauge!("mirror_target_enabled", "target" => target.name.clone()).set(enabled);
+            now.insert(target.name);
+        }
+        for gone in exported.difference(&now) {
+            metrics::gauge!("mirror_target_enabled", "target" => gone.clone()).set(0.0);
+        }
+        *exported = now;
     }
 }
 
@@ -609,7 +758,7 @@ fn install_prometheus() -> Option<PrometheusHandle> {
 }
 
 /// The layer keeps its own counters; Prometheus gets their current values.
-fn export_mirror_counters(mirror: &MirrorLayer) {
+fn export_mirror_counters(mirror: &MirrorHandle) {
     let stats = mirror.stats();
     for t in &stats.targets {
         let target = t.name.clone();
@@ -623,6 +772,7 @@ fn export_mirror_counters(mirror: &MirrorLayer) {
         }
         metrics::counter!("mirror_sampled_total", "target" => target.clone()).absolute(t.sampled);
         metrics::counter!("mirror_sent_total", "target" => target.clone()).absolute(t.sent);
+        metrics::counter!("mirror_paused_total", "target" => target.clone()).absolute(t.paused);
         for (reason, n) in [
             ("overload", t.dropped_overload),
             ("rate_limited", t.dropped_rate_limited),
@@ -661,6 +811,26 @@ mod tests {
         let p99 = histogram.quantile(0.99).unwrap().as_secs_f64() * 1000.0;
         assert!((50.0..=55.0).contains(&p50), "p50 {p50}");
         assert!((99.0..=108.9).contains(&p99), "p99 {p99}");
+    }
+
+    #[test]
+    fn tracked_targets_follow_a_reload_and_keep_their_counts() {
+        let telemetry = Telemetry::new(["a", "b"], false);
+        telemetry
+            .target("a")
+            .unwrap()
+            .latency
+            .record(Duration::from_millis(3));
+        telemetry.track_targets(["a", "c", "a"]);
+        assert_eq!(telemetry.target_names(), ["a", "c"]);
+        assert_eq!(telemetry.target("a").unwrap().latency.count(), 1, "kept");
+        assert!(telemetry.target("b").is_none(), "let go");
+        assert_eq!(telemetry.target("c").unwrap().latency.count(), 0, "new");
+        telemetry.record_reload(false);
+        telemetry.record_reload(true);
+        assert_eq!(telemetry.live.reloads_ok.load(Relaxed), 1);
+        assert_eq!(telemetry.live.reloads_error.load(Relaxed), 1);
+        assert!(telemetry.live.last_success() > 1.0e9);
     }
 
     #[test]

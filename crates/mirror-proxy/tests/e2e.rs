@@ -449,6 +449,7 @@ async fn configuration_errors_exit_2_with_one_line() {
         "upstream = \"http://127.0.0.1:1\"\n[[mirror]]\nname = \"staging\"\nurl = \"http://127.0.0.1:2\"\nrate = \"fast\"\n",
     );
     let missing = dir.path().join("missing.toml");
+    let empty_token = dir.file("empty-token", " \n");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().map(|a| (taken, a.to_string())).unwrap();
     let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
@@ -625,6 +626,42 @@ async fn configuration_errors_exit_2_with_one_line() {
                 "rate".into(),
                 "fast".into(),
             ],
+        ),
+        (
+            "admin off loopback without a token",
+            vec![
+                "--upstream".into(),
+                "http://127.0.0.1:1".into(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--admin".into(),
+                "0.0.0.0:0".into(),
+            ],
+            vec![
+                "--admin 0.0.0.0:0".into(),
+                "loopback".into(),
+                "--admin-token-file".into(),
+            ],
+        ),
+        (
+            "an empty admin token file",
+            vec![
+                "--upstream".into(),
+                "http://127.0.0.1:1".into(),
+                "--admin-token-file".into(),
+                s(&empty_token),
+            ],
+            vec!["--admin-token-file".into(), s(&empty_token), "empty".into()],
+        ),
+        (
+            "a missing admin token file",
+            vec![
+                "--upstream".into(),
+                "http://127.0.0.1:1".into(),
+                "--admin-token-file".into(),
+                s(&missing),
+            ],
+            vec!["--admin-token-file".into(), s(&missing)],
         ),
     ];
     for (case, args, expected) in cases {
