@@ -15,29 +15,8 @@ use tokio::net::TcpStream;
 
 use support::{
     Answer, Gate, Proxy, Server, TempDir, client, eventually, get, run_to_exit, sample, send,
-    within,
+    settled, within,
 };
-
-/// Every sampled mirror of every target has ended (responded, failed, timed out, skipped
-/// or dropped), so the counts are final.
-fn mirrors_settled(stats: &Value) -> bool {
-    stats["mirror"]["targets"]
-        .as_array()
-        .expect("mirror targets in /stats")
-        .iter()
-        .all(|t| {
-            let n = |key: &str| t[key].as_u64().unwrap();
-            let skipped: u64 = t["skipped"]
-                .as_object()
-                .unwrap()
-                .values()
-                .map(|v| v.as_u64().unwrap())
-                .sum();
-            n("in_flight") == 0
-                && n("responded") + n("failed") + n("timed_out") == n("sent")
-                && n("sent") + n("dropped_overload") + skipped == n("sampled")
-        })
-}
 
 /// The one target in /stats with this URL.
 fn target<'a>(stats: &'a Value, url: &str) -> &'a Value {
@@ -185,7 +164,7 @@ async fn requests_are_forwarded_and_mirrored_intact() {
         assert!(r.body == big, "{who}: the 1 MiB body differs");
     }
     assert_eq!(upstream.count(), 3);
-    let stats = proxy.wait_stats("settled mirrors", mirrors_settled).await;
+    let stats = proxy.wait_stats("settled mirrors", settled).await;
     assert_eq!(target(&stats, &shadow.url)["responded"], 3, "{stats:#}");
     assert_eq!(shadow.count(), 3);
 }
@@ -213,7 +192,7 @@ async fn percentages_are_exact() {
             .unwrap();
         assert_eq!(send(&client, request).await.status(), StatusCode::OK);
     }
-    let stats = proxy.wait_stats("settled mirrors", mirrors_settled).await;
+    let stats = proxy.wait_stats("settled mirrors", settled).await;
     for (url, expected) in [(&a.url, 100), (&b.url, 10)] {
         let t = target(&stats, url);
         for key in ["sampled", "sent", "responded"] {
@@ -278,7 +257,7 @@ url = "{b}"
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(upstream.only("/too-big").body.len(), 100);
 
-    let stats = proxy.wait_stats("settled mirrors", mirrors_settled).await;
+    let stats = proxy.wait_stats("settled mirrors", settled).await;
     let (ta, tb) = (target(&stats, &a.url), target(&stats, &b.url));
     assert_eq!(ta["sampled"], 5, "{stats:#}");
     assert_eq!(ta["responded"], 5, "{stats:#}");
@@ -787,7 +766,7 @@ async fn stats_and_metrics_count_the_traffic() {
 
     let stats = proxy
         .wait_stats("settled mirrors and their responses", |s| {
-            mirrors_settled(s)
+            settled(s)
                 && s["mirror"]["targets"][0]["responses"]["2xx"] == 10
                 && s["mirror"]["targets"][1]["responses"]["2xx"] == 5
         })
@@ -1027,7 +1006,7 @@ async fn upgrades_are_proxied_and_not_mirrored() {
     assert_eq!(send(&client(), request).await.status(), StatusCode::OK);
     shadow.wait_for(1).await;
     shadow.only("/after");
-    let stats = proxy.wait_stats("settled mirrors", mirrors_settled).await;
+    let stats = proxy.wait_stats("settled mirrors", settled).await;
     assert_eq!(target(&stats, &shadow.url)["responded"], 1, "{stats:#}");
     assert_eq!(shadow.count(), 1);
 }
@@ -1260,7 +1239,7 @@ async fn h2c_clients_are_served() {
 
     // The h2 connection is still open, idle: a SIGTERM closes it and the proxy exits cleanly.
     assert!(!sender.is_closed());
-    let _ = proxy.wait_stats("settled mirrors", mirrors_settled).await;
+    let _ = proxy.wait_stats("settled mirrors", settled).await;
     proxy.terminate();
     let (status, stderr) = proxy.wait_exit().await;
     assert_eq!(status.code(), Some(0), "{status}; stderr:\n{stderr}");

@@ -13,43 +13,13 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use support::{
-    Answer, Gate, Proxy, Server, TempDir, client, eventually, run_to_exit, sample, send, signal,
+    Answer, Gate, Proxy, Server, TempDir, client, eventually, run_to_exit, sample, send, settled,
+    signal, target_named,
 };
-
-/// Every sampled mirror has ended, so the counts are final.
-fn settled(stats: &Value) -> bool {
-    stats["mirror"]["targets"]
-        .as_array()
-        .expect("mirror targets in /stats")
-        .iter()
-        .all(|t| {
-            let n = |key: &str| t[key].as_u64().unwrap();
-            let skipped: u64 = t["skipped"]
-                .as_object()
-                .unwrap()
-                .values()
-                .map(|v| v.as_u64().unwrap())
-                .sum();
-            n("in_flight") == 0
-                && n("responded") + n("failed") + n("timed_out") == n("sent")
-                && n("sent") + n("dropped_overload") + n("dropped_rate_limited") + skipped
-                    == n("sampled")
-        })
-}
-
-/// The target named `name` in /stats.
-fn target<'a>(stats: &'a Value, name: &str) -> &'a Value {
-    stats["mirror"]["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == name)
-        .unwrap_or_else(|| panic!("no target {name:?} in {stats:#}"))
-}
 
 /// A counter of the target named `name` in /stats.
 fn count(stats: &Value, name: &str, key: &str) -> u64 {
-    target(stats, name)[key]
+    target_named(stats, name)[key]
         .as_u64()
         .unwrap_or_else(|| panic!("{name}.{key} in {stats:#}"))
 }
@@ -265,9 +235,12 @@ async fn reloads_under_load_lose_no_request_and_keep_the_counts() {
             "reload {i}: steady's sampled went from {sampled} to {now}"
         );
         sampled = now;
-        assert_eq!(target(&stats, "steady")["percentage"], percentages[i % 4]);
+        assert_eq!(
+            target_named(&stats, "steady")["percentage"],
+            percentages[i % 4]
+        );
         if let Some(gone) = removed.first() {
-            assert_eq!(target(&stats, gone)["removed"], true, "{stats:#}");
+            assert_eq!(target_named(&stats, gone)["removed"], true, "{stats:#}");
         }
         let metrics = proxy.metrics().await;
         let enabled = format!("mirror_target_enabled{{target=\"extra-{i}\"}}");
@@ -284,7 +257,7 @@ async fn reloads_under_load_lose_no_request_and_keep_the_counts() {
     );
 
     let stats = proxy.wait_stats("every mirror ended", settled).await;
-    let steady = target(&stats, "steady");
+    let steady = target_named(&stats, "steady");
     assert!(count(&stats, "steady", "sampled") >= sampled);
     assert_eq!(steady["failed"], 0, "{steady:#}");
     assert_eq!(

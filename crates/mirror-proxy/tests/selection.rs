@@ -10,40 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::Full;
-use serde_json::Value;
 
-use support::{Proxy, Server, TempDir, client, sample, send};
-
-/// Every sampled mirror has ended, so the counts are final.
-fn settled(stats: &Value) -> bool {
-    stats["mirror"]["targets"]
-        .as_array()
-        .expect("mirror targets in /stats")
-        .iter()
-        .all(|t| {
-            let n = |key: &str| t[key].as_u64().unwrap();
-            let skipped: u64 = t["skipped"]
-                .as_object()
-                .unwrap()
-                .values()
-                .map(|v| v.as_u64().unwrap())
-                .sum();
-            n("in_flight") == 0
-                && n("responded") + n("failed") + n("timed_out") == n("sent")
-                && n("sent") + n("dropped_overload") + n("dropped_rate_limited") + skipped
-                    == n("sampled")
-        })
-}
-
-/// The target named `name` in /stats.
-fn target<'a>(stats: &'a Value, name: &str) -> &'a Value {
-    stats["mirror"]["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == name)
-        .unwrap_or_else(|| panic!("no target {name:?} in {stats:#}"))
-}
+use support::{Proxy, Server, TempDir, client, sample, send, settled, target_named};
 
 /// The decision the docs promise: XXH3-64 (seed 0) of the key's value, mod 10000, below the
 /// percentage in hundredths.
@@ -143,7 +111,7 @@ upstream = "{upstream}"
             got_two, one_of_first,
             "{name}: both replicas chose the same keys"
         );
-        let t = target(&stats_one, name);
+        let t = target_named(&stats_one, name);
         assert_eq!(t["sampled"], expected.len() as u64, "{name}: {t:#}");
         assert_eq!(t["sampled_without_key"], 0, "{name}");
     }
@@ -165,9 +133,13 @@ upstream = "{upstream}"
         assert_eq!(send(&client, request).await.status(), StatusCode::OK);
     }
     let stats = one.wait_stats("settled", settled).await;
-    assert_eq!(target(&stats, "ten")["sampled_without_key"], 2, "{stats:#}");
     assert_eq!(
-        target(&stats, "five")["sampled_without_key"],
+        target_named(&stats, "ten")["sampled_without_key"],
+        2,
+        "{stats:#}"
+    );
+    assert_eq!(
+        target_named(&stats, "five")["sampled_without_key"],
         1,
         "{stats:#}"
     );
@@ -218,7 +190,7 @@ async fn a_rate_cap_drops_and_counts_the_rest() {
     let window = started.elapsed().as_secs_f64();
     let allowed = 50 + (50.0 * window).floor() as u64 + 1;
     let stats = proxy.wait_stats("settled", settled).await;
-    let t = target(&stats, "capped");
+    let t = target_named(&stats, "capped");
     let n = |key: &str| t[key].as_u64().unwrap();
     assert_eq!(n("sampled"), sent_requests, "{t:#}");
     assert!(
@@ -316,8 +288,8 @@ rewrite_path = {{ from = "^/api/v1/", to = "/api/v2/" }}
             "HEAD /reads/api/v1/users",
         ]
     );
-    assert_eq!(target(&stats, "reads")["filtered"], 5, "{stats:#}");
-    assert_eq!(target(&stats, "beta")["filtered"], 9, "{stats:#}");
+    assert_eq!(target_named(&stats, "reads")["filtered"], 5, "{stats:#}");
+    assert_eq!(target_named(&stats, "beta")["filtered"], 9, "{stats:#}");
     let metrics = proxy.metrics().await;
     assert_eq!(
         sample(&metrics, "mirror_filtered_total{target=\"beta\"}"),
@@ -365,10 +337,14 @@ sample_by = "client_ip"
         assert_eq!(send(&client, request).await.status(), StatusCode::OK);
     }
     let stats = proxy.wait_stats("settled", settled).await;
-    assert_eq!(target(&stats, "takes")["sent"], 10, "{stats:#}");
-    assert_eq!(target(&stats, "skips")["sampled"], 0, "{stats:#}");
+    assert_eq!(target_named(&stats, "takes")["sent"], 10, "{stats:#}");
+    assert_eq!(target_named(&stats, "skips")["sampled"], 0, "{stats:#}");
     for name in ["takes", "skips"] {
-        assert_eq!(target(&stats, name)["sampled_without_key"], 0, "{stats:#}");
+        assert_eq!(
+            target_named(&stats, name)["sampled_without_key"],
+            0,
+            "{stats:#}"
+        );
     }
 }
 

@@ -757,3 +757,35 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
         value.trim().parse().ok()
     })
 }
+
+/// Every sampled mirror of every target in a /stats document has ended (responded, failed,
+/// timed out, skipped or dropped), so its counts are final.
+pub fn settled(stats: &serde_json::Value) -> bool {
+    stats["mirror"]["targets"]
+        .as_array()
+        .expect("mirror targets in /stats")
+        .iter()
+        .all(|t| {
+            let n = |key: &str| t[key].as_u64().unwrap();
+            let skipped: u64 = t["skipped"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_u64().unwrap())
+                .sum();
+            n("in_flight") == 0
+                && n("responded") + n("failed") + n("timed_out") == n("sent")
+                && n("sent") + n("dropped_overload") + n("dropped_rate_limited") + skipped
+                    == n("sampled")
+        })
+}
+
+/// The target named `name` in a /stats document.
+pub fn target_named<'a>(stats: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    stats["mirror"]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no target {name:?} in {stats:#}"))
+}
