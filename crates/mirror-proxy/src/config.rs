@@ -23,7 +23,9 @@ use crate::units::{parse_duration, parse_size};
                   copies to other targets, without changing or slowing the original request.\n\n\
                   Example:\n  mirror-proxy --listen 127.0.0.1:8080 --upstream http://127.0.0.1:3000 \
                   --mirror http://127.0.0.1:4000 --mirror http://127.0.0.1:5000=10\n\n\
-                  Every flag can also be set in a TOML file given with --config; flags override the \
+                  Every flag can also be set in a TOML file given with --config, or in an environment \
+                  variable MIRROR_PROXY_<FLAG> (MIRROR_PROXY_UPSTREAM_TIMEOUT=2s; MIRROR_PROXY_MIRROR \
+                  takes URLs separated by spaces): flags override the environment, which overrides the \
                   file. Sizes take units (4MiB, 512KiB; KB and MB count in thousands), durations too (750ms, 5s, 1m30s).",
     args_conflicts_with_subcommands = true
 )]
@@ -57,65 +59,70 @@ pub struct DemoArgs {
 #[derive(Debug, Default, Clone, Args)]
 pub struct RunArgs {
     /// Address to accept client connections on (HTTP/1.1 and h2c) [default: 127.0.0.1:8080].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "MIRROR_PROXY_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Where every request is forwarded: http:// or https:// URL, optionally with a path prefix.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "MIRROR_PROXY_UPSTREAM")]
     pub upstream: Option<String>,
     /// A shadow target, URL=PERCENT for a share of requests (default 100). Repeatable; given
     /// here, replaces the config file's targets. Without any, a plain reverse proxy.
-    #[arg(long = "mirror", value_name = "URL[=PERCENT]")]
+    #[arg(
+        long = "mirror",
+        value_name = "URL[=PERCENT]",
+        env = "MIRROR_PROXY_MIRROR",
+        value_delimiter = ' '
+    )]
     pub mirrors: Vec<String>,
     /// The most one mirror exchange may take [default: 5s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "MIRROR_PROXY_TIMEOUT")]
     pub timeout: Option<Duration>,
     /// Wait for the mirrors before forwarding the request upstream (adds up to one timeout).
-    #[arg(long)]
+    #[arg(long, env = "MIRROR_PROXY_SYNC")]
     pub sync: bool,
     /// Mirror requests with an empty body.
-    #[arg(long)]
+    #[arg(long, env = "MIRROR_PROXY_NO_COPY_BODY")]
     pub no_copy_body: bool,
     /// The largest request body that is mirrored; longer ones are forwarded, not mirrored
     /// [default: 4MiB].
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, env = "MIRROR_PROXY_MAX_BODY")]
     pub max_body: Option<usize>,
     /// Body bytes held, in all, for mirrors not yet finished [default: 64MiB].
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, env = "MIRROR_PROXY_MAX_BUFFERED")]
     pub max_buffered: Option<usize>,
     /// Mirrors in flight per target; beyond it new mirrors are dropped and counted
     /// [default: 256].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "MIRROR_PROXY_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
     /// The longest wait for the upstream's response head before answering 504 [default: 30s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "MIRROR_PROXY_UPSTREAM_TIMEOUT")]
     pub upstream_timeout: Option<Duration>,
     /// Speak HTTP/2 only to the upstream, for gRPC: with prior knowledge (h2c) on http://,
     /// HTTP/2 on https:// whatever ALPN says; `TE: trailers` is kept [default: off, HTTP/1.1].
-    #[arg(long)]
+    #[arg(long, env = "MIRROR_PROXY_UPSTREAM_HTTP2")]
     pub upstream_http2: bool,
     /// Worker threads, each with its own event loop, connections and pools [default: one per
     /// CPU].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "MIRROR_PROXY_WORKERS")]
     pub workers: Option<usize>,
     /// Serve the admin API (/metrics, /stats, /targets, pause, percentage, kill switch,
     /// /reload) on this address; off unless given. Off loopback it needs --admin-token-file.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "MIRROR_PROXY_ADMIN")]
     pub admin: Option<SocketAddr>,
     /// A file holding the admin API's token (its content, trimmed): the admin's changes then
     /// need `Authorization: Bearer TOKEN`. Re-read on every reload.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "MIRROR_PROXY_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
     /// On SIGINT/SIGTERM, how long to wait for requests and then mirrors still in flight, in
     /// all, before exiting anyway [default: 5s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "MIRROR_PROXY_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<Duration>,
     /// DANGEROUS: accept any TLS certificate from https mirror targets (expired, self-signed,
     /// wrong name). Mirrored traffic can then be read and altered on the way. Logged loudly.
-    #[arg(long)]
+    #[arg(long, env = "MIRROR_PROXY_DANGER_ACCEPT_INVALID_CERTS")]
     pub danger_accept_invalid_certs: bool,
     /// Extra root certificates (PEM) to trust for https upstreams and mirror targets, besides
     /// the Mozilla roots: for an internal CA.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "MIRROR_PROXY_CA_FILE")]
     pub ca_file: Option<PathBuf>,
     /// A TOML file with any of these settings, plus per-target ones in `[[mirror]]` tables:
     /// url, name (unique; default the URL), percentage, http2, strip_headers, set_headers,
@@ -123,46 +130,56 @@ pub struct RunArgs {
     /// "10/m", "1000/h"), methods, paths and exclude_paths (prefixes on segment
     /// boundaries), path_regex, headers ({ name = "exact value" }), rewrite_path
     /// ({ from = REGEX, to = REPLACEMENT }), compare, baseline; and a `[diff]` table.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "MIRROR_PROXY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Log format on stderr [default: text].
-    #[arg(long, value_name = "FORMAT")]
+    #[arg(long, value_name = "FORMAT", env = "MIRROR_PROXY_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
     /// The longest a client may take to send a request head, counted from when the connection
     /// is ready for one, so it also ends idle HTTP/1.1 keep-alive connections [default: 60s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "MIRROR_PROXY_HEADER_TIMEOUT")]
     pub header_timeout: Option<Duration>,
     /// Close a client connection with no traffic either way for this long (idle HTTP/2
     /// connections, stalled ones) [default: 75s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "MIRROR_PROXY_IDLE_TIMEOUT")]
     pub idle_timeout: Option<Duration>,
     /// The longest wait for the next piece of a request body; then 408 [default: 60s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "MIRROR_PROXY_BODY_TIMEOUT")]
     pub body_timeout: Option<Duration>,
     /// Close a client connection whose response write has made no progress for this long
     /// (a client that stopped reading) [default: 60s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "MIRROR_PROXY_SEND_TIMEOUT")]
     pub send_timeout: Option<Duration>,
     /// Client connections open at once, over all workers; at the limit the proxy stops
     /// accepting until one closes [default: 10000].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "MIRROR_PROXY_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// The largest request head (request line and headers); larger ones get 431 [default:
     /// 32KiB; at least 8KiB].
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, env = "MIRROR_PROXY_MAX_HEADER_BYTES")]
     pub max_header_bytes: Option<usize>,
     /// The most header fields in a request head (HTTP/1.1); more get 431 [default: 256].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "MIRROR_PROXY_MAX_HEADERS")]
     pub max_headers: Option<usize>,
     /// Concurrent streams per HTTP/2 client connection [default: 128].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "MIRROR_PROXY_MAX_CONCURRENT_STREAMS")]
     pub max_concurrent_streams: Option<u32>,
     /// Serve clients over TLS with this certificate chain (PEM); needs --tls-key. ALPN offers
     /// h2 and http/1.1, and X-Forwarded-Proto says https.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        env = "MIRROR_PROXY_TLS_CERT"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        env = "MIRROR_PROXY_TLS_KEY"
+    )]
     pub tls_key: Option<PathBuf>,
 }
 

@@ -79,7 +79,7 @@ impl LatencyHistogram {
     }
 
     fn summary_ms(&self) -> Value {
-        let ms = |q| self.quantile(q).map(|d| d.as_secs_f64() * 1000.0);
+        let ms = |q| self.quantile(q).map(|d| rounded(d.as_secs_f64() * 1000.0));
         json!({ "count": self.count(), "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99) })
     }
 }
@@ -599,7 +599,7 @@ impl Telemetry {
     pub fn stats_json(&self, mirror: Option<&MirrorHandle>) -> Value {
         let primary = &self.primary;
         let mut document = json!({
-            "uptime_seconds": self.started.elapsed().as_secs_f64(),
+            "uptime_seconds": rounded(self.started.elapsed().as_secs_f64()),
             "primary": {
                 "responses": primary.responses.json(),
                 "upstream_unavailable": primary.upstream_unavailable.load(Relaxed),
@@ -795,6 +795,11 @@ fn export_mirror_counters(mirror: &MirrorHandle) {
     metrics::gauge!("mirror_buffered_bytes").set(stats.buffered_bytes as f64);
 }
 
+/// `value` to three decimals, so /stats says `7.881`, not `7.881000000000001`.
+fn rounded(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -831,6 +836,13 @@ mod tests {
         assert_eq!(telemetry.live.reloads_ok.load(Relaxed), 1);
         assert_eq!(telemetry.live.reloads_error.load(Relaxed), 1);
         assert!(telemetry.live.last_success() > 1.0e9);
+    }
+
+    #[test]
+    fn stats_figures_have_three_decimals_at_most() {
+        assert_eq!(rounded(7.881_000_000_000_001), 7.881);
+        assert_eq!(rounded(0.000_4), 0.0);
+        assert_eq!(rounded(1.0005).to_string(), "1.001");
     }
 
     #[test]

@@ -411,6 +411,50 @@ url = "{shadow}"
     assert_eq!(file_shadow.count(), 0);
 }
 
+/// 3c. MIRROR_PROXY_* environment variables set any flag: they override the file, and flags
+/// override them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_variables_sit_between_the_file_and_the_flags() {
+    let (from_file, from_env) = (Server::upstream().await, Server::upstream().await);
+    let dir = TempDir::new();
+    let config = dir.file(
+        "proxy.toml",
+        &format!(
+            "listen = \"127.0.0.1:0\"\nupstream = \"{}\"\n",
+            from_file.url
+        ),
+    );
+    let config = config.to_str().unwrap();
+    let proxy = Proxy::spawn_with_env(
+        &["--config", config],
+        &[("MIRROR_PROXY_UPSTREAM", &from_env.url)],
+        false,
+    )
+    .await;
+    let (status, _, _) = get(&proxy.url("/which")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (from_env.count(), from_file.count()),
+        (1, 0),
+        "the environment wins"
+    );
+    drop(proxy);
+
+    let flagged = Proxy::spawn_with_env(
+        &["--config", config, "--upstream", &from_file.url],
+        &[("MIRROR_PROXY_UPSTREAM", &from_env.url)],
+        false,
+    )
+    .await;
+    let (status, _, _) = get(&flagged.url("/which")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (from_env.count(), from_file.count()),
+        (1, 1),
+        "the flag wins"
+    );
+}
+
 /// 4. Each configuration error: exit code 2, one stderr line naming what is wrong.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configuration_errors_exit_2_with_one_line() {

@@ -481,8 +481,14 @@ impl Proxy {
     /// Starts the proxy with exactly `args` and waits for its `listening on` line (and its
     /// `admin on` line when `admin`).
     pub async fn spawn(args: &[&str], admin: bool) -> Self {
+        Self::spawn_with_env(args, &[], admin).await
+    }
+
+    /// [`spawn`](Self::spawn), with these environment variables set for the process.
+    pub async fn spawn_with_env(args: &[&str], env: &[(&str, &str)], admin: bool) -> Self {
         let mut child = Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
