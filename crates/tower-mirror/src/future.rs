@@ -111,16 +111,8 @@ struct After {
     /// Observations, which get the response once its body has streamed.
     observed: Option<Observed>,
     /// Mirrors held until the primary answers (`Options::send_after_primary`); dropped
-    /// unanswered, they are counted as skipped.
+    /// unanswered, they count themselves as skipped (`PendingMirror`'s drop).
     held: Option<PendingMirror>,
-}
-
-impl Drop for After {
-    fn drop(&mut self) {
-        if let Some(pending) = self.held.take() {
-            pending.skip(SkipReason::PrimaryAborted);
-        }
-    }
 }
 
 /// Observations waiting for the primary's response, and when its request arrived.

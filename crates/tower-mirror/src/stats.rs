@@ -195,9 +195,11 @@ pub struct SkipStats {
     pub body_timeout: u64,
     /// No Tokio runtime (with its time driver) was running to send the mirror on.
     pub no_runtime: u64,
-    /// With [`Options::send_after_primary`](crate::Options::send_after_primary): the
-    /// primary never answered (the client went away, or the inner service failed), so its
-    /// bodiless mirror was not sent.
+    /// The request was abandoned before its mirror could leave: with
+    /// [`Options::send_after_primary`](crate::Options::send_after_primary), the primary
+    /// never answered (the client went away, or the inner service failed); in
+    /// [`Mode::Sync`](crate::Mode::Sync), the request was dropped while its body was being
+    /// read ahead.
     pub primary_aborted: u64,
 }
 

@@ -1468,3 +1468,54 @@ async fn send_after_primary_mirrors_only_what_the_primary_answered() {
     assert_eq!((t.sampled, t.sent, t.responded), (7, 2, 2), "{t:?}");
     assert_eq!(shadow.received().len(), 2);
 }
+
+/// A request body that never arrives.
+struct NeverBody;
+
+impl Body for NeverBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Pending
+    }
+}
+
+/// Sync mode: a request dropped while its body is being read ahead (the client went away)
+/// still ends its sampled mirror counted, as `primary_aborted`, so sampled = sent + dropped +
+/// skipped holds.
+#[tokio::test]
+async fn a_sync_request_dropped_during_read_ahead_is_counted() {
+    let shadow = Shadow::start().await;
+    let layer = MirrorLayer::with_options(Options {
+        mode: Mode::Sync,
+        ..options(vec![Target::new(shadow.url.clone())])
+    })
+    .unwrap();
+    let service = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(tower::service_fn(|_: Request<TeeBody<NeverBody>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"primary"))))
+        }));
+    let request = Request::post("/upload")
+        .header("content-length", "10")
+        .body(NeverBody)
+        .unwrap();
+    let call = service.oneshot(request);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), call)
+            .await
+            .is_err(),
+        "the primary waits for the body it reads ahead"
+    );
+    let stats = settled(&layer).await;
+    let t = &stats.targets[0];
+    assert_eq!(
+        (t.sampled, t.sent, t.skipped.primary_aborted),
+        (1, 0, 1),
+        "{t:?}"
+    );
+    assert_eq!(shadow.count(), 0);
+}

@@ -69,7 +69,9 @@ impl RateLimiter {
             return None;
         }
         let per = u64::try_from(limit.per().as_nanos()).unwrap_or(u64::MAX);
-        let interval = (per / u64::from(limit.count())).max(1);
+        // At most a year between mirrors: beyond that the arithmetic below could overflow,
+        // and "once a year" is as good as "once ever" for a process.
+        let interval = (per / u64::from(limit.count())).clamp(1, YEAR_NS);
         let burst = (Duration::from_secs(1).as_nanos() as u64 / interval).max(1);
         Some(Self {
             origin: Instant::now(),
@@ -89,11 +91,14 @@ impl RateLimiter {
         self.next
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |next| {
                 let next = next.max(now);
-                (next - now <= self.tolerance).then(|| next + self.interval)
+                (next - now <= self.tolerance).then(|| next.saturating_add(self.interval))
             })
             .is_ok()
     }
 }
+
+/// A year in nanoseconds: the longest interval between two mirrors a cap can ask for.
+const YEAR_NS: u64 = 365 * 24 * 3600 * 1_000_000_000;
 
 #[cfg(test)]
 mod tests {
@@ -135,6 +140,27 @@ mod tests {
         assert!(!limiter.try_acquire_at(SECOND));
         assert!(limiter.try_acquire_at(30 * SECOND));
         assert!(RateLimiter::new(RateLimit::per_second(0)).is_none());
+    }
+
+    #[test]
+    fn the_longest_periods_neither_panic_nor_stop_limiting() {
+        for limit in [
+            RateLimit::new(1, Duration::MAX),
+            RateLimit::new(1, Duration::from_secs(u64::MAX / 4)),
+        ] {
+            let limiter = RateLimiter::new(limit).unwrap();
+            assert!(limiter.try_acquire_at(0));
+            assert!(!limiter.try_acquire_at(SECOND));
+            assert!(
+                !limiter.try_acquire_at(YEAR_NS / 2),
+                "still limited half a year on"
+            );
+            assert!(
+                limiter.try_acquire_at(u64::MAX / 2),
+                "no overflow centuries later"
+            );
+            assert!(!limiter.try_acquire_at(u64::MAX / 2 + SECOND));
+        }
     }
 
     #[test]

@@ -19,12 +19,18 @@ use crate::stats::SkipReason;
 use task::{InFlight, mirror_one};
 
 /// Mirrors decided for one request, waiting for its body.
+///
+/// Every sampled mirror ends counted: sent, dropped or skipped. One dropped before either
+/// (the request was abandoned: a sync-mode read-ahead or a held mirror whose client went
+/// away) counts as skipped, `primary_aborted`.
 pub(crate) struct PendingMirror {
     plan: Arc<Plan>,
     tracker: Arc<Tracker>,
     targets: Vec<Arc<TargetRuntime>>,
     snapshot: Arc<RequestSnapshot>,
     observations: Vec<Arc<dyn Observation>>,
+    /// Sent or skipped: nothing left to count when dropped.
+    settled: bool,
 }
 
 impl PendingMirror {
@@ -41,14 +47,20 @@ impl PendingMirror {
             targets,
             snapshot: Arc::new(snapshot),
             observations,
+            settled: false,
         }
     }
 
     /// Counts every chosen target as skipped.
-    pub(crate) fn skip(self, reason: SkipReason) {
+    pub(crate) fn skip(mut self, reason: SkipReason) {
+        self.count_skipped(reason);
+    }
+
+    fn count_skipped(&mut self, reason: SkipReason) {
         for target in &self.targets {
             target.state.counters.skip(reason);
         }
+        self.settled = true;
     }
 
     /// Sends the mirrors in the background, one task per chosen target that still has room.
@@ -64,11 +76,16 @@ impl PendingMirror {
         tasks
     }
 
-    fn spawn_each(self, payload: Option<Arc<Payload>>, mut spawned: impl FnMut(JoinHandle<()>)) {
+    fn spawn_each(
+        mut self,
+        payload: Option<Arc<Payload>>,
+        mut spawned: impl FnMut(JoinHandle<()>),
+    ) {
         let Some(runtime) = runtime() else {
-            self.skip(SkipReason::NoRuntime);
+            self.count_skipped(SkipReason::NoRuntime);
             return;
         };
+        self.settled = true;
         for target in &self.targets {
             let counters = &target.state.counters;
             let Some(slot) = InFlight::acquire(target, &self.tracker) else {
@@ -96,6 +113,14 @@ impl PendingMirror {
                 body,
                 observations,
             )));
+        }
+    }
+}
+
+impl Drop for PendingMirror {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.count_skipped(SkipReason::PrimaryAborted);
         }
     }
 }
