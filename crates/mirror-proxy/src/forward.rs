@@ -34,6 +34,7 @@ use tower_mirror::client::tls;
 use tower_mirror::outbound::hop;
 
 use crate::config::Upstream;
+use crate::limits::UpgradeGuard;
 use crate::telemetry::{Rejection, Telemetry, UpstreamError};
 
 /// The body of a response to the client: the upstream's, streamed, or a short error text.
@@ -173,6 +174,7 @@ where
 {
     let upgrade = hop::is_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let guard = request.extensions_mut().remove::<UpgradeGuard>();
     // The route in force when the request arrived serves the whole exchange.
     let (uri, http2, timeout) = {
         let route = shared.route.load();
@@ -238,7 +240,8 @@ where
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(splice(client_upgrade, upstream_upgrade));
+            let telemetry = Arc::clone(&shared.telemetry);
+            tokio::spawn(splice(client_upgrade, upstream_upgrade, guard, telemetry));
             // The 101 keeps its Connection and Upgrade headers: they are the answer.
             return response.map(|_| Either::Right(Full::default()));
         }
@@ -520,13 +523,32 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Joins the client's and the upstream's upgraded connections until either side closes.
-async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Joins the client's and the upstream's upgraded connections until either side closes, or
+/// the client connection's idle or send deadline passes; `guard` holds the connection's place
+/// among `--max-connections` until then.
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    guard: Option<UpgradeGuard>,
+    telemetry: Arc<Telemetry>,
+) {
     let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
         return;
     };
-    let _ =
-        tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    match guard {
+        Some(guard) => {
+            tokio::select! {
+                _ = copy => {}
+                reason = guard.expired() => {
+                    let detail = "an upgraded connection went quiet or stopped reading";
+                    telemetry.record_rejected(reason, &detail);
+                }
+            }
+        }
+        None => drop(copy.await),
+    }
 }
 
 fn short(status: StatusCode, text: &'static str) -> Response<ProxyBody> {

@@ -19,6 +19,39 @@ use tokio::time::{Instant, Sleep};
 
 use crate::telemetry::Rejection;
 
+/// What an upgraded connection (WebSocket and friends) takes with it when hyper hands it
+/// over: its place among `--max-connections`, and the activity its idle and send deadlines
+/// watch. Without it an upgraded connection would escape every edge limit.
+#[derive(Clone, Debug)]
+pub struct UpgradeGuard {
+    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+    activity: Arc<Activity>,
+    idle: Duration,
+    send: Duration,
+}
+
+impl UpgradeGuard {
+    /// A guard holding `permit` and watching `activity`.
+    pub fn new(
+        permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+        activity: Arc<Activity>,
+        idle: Duration,
+        send: Duration,
+    ) -> Self {
+        Self {
+            _permit: permit,
+            activity,
+            idle,
+            send,
+        }
+    }
+
+    /// Resolves when the connection has been idle, or its writes blocked, too long.
+    pub async fn expired(&self) -> Rejection {
+        self.activity.expired(self.idle, self.send).await
+    }
+}
+
 /// What a connection's [`Watched`] IO reports: the last progress either way, and since when
 /// a write has been waiting for the client to read (0: none is).
 #[derive(Debug)]

@@ -32,7 +32,7 @@ use tower_mirror::{DrainReport, HttpSender, MirrorBody, MirrorLayer, SendFuture,
 
 use crate::config::{Config, ConfigError, Edge, RunArgs};
 use crate::forward::{Forward, ForwardShared, LiveRoute};
-use crate::limits::{Activity, TimeoutBody, Watched};
+use crate::limits::{Activity, TimeoutBody, UpgradeGuard, Watched};
 use crate::normalize::{Inbound, normalize};
 use crate::reload::{Live, Mirroring, new_diff};
 use crate::telemetry::Rejection;
@@ -203,15 +203,22 @@ impl Proxy {
                 spawn_workers(self.workers, signals, move || {
                     let shared = upstream.for_worker();
                     let mirror = mirror.clone();
-                    move |inbound| {
+                    move |inbound, guard| {
                         let forward = mirror.layer(Forward::new(Arc::clone(&shared)));
-                        normalized(forward, inbound, body_timeout)
+                        normalized(forward, inbound, guard, body_timeout)
                     }
                 })
             }
             None => spawn_workers(self.workers, signals, move || {
                 let shared = upstream.for_worker();
-                move |inbound| normalized(Forward::new(Arc::clone(&shared)), inbound, body_timeout)
+                move |inbound, guard| {
+                    normalized(
+                        Forward::new(Arc::clone(&shared)),
+                        inbound,
+                        guard,
+                        body_timeout,
+                    )
+                }
             }),
         };
 
@@ -259,9 +266,12 @@ impl Proxy {
 /// `service` behind the normalisation step, so the mirror layer and the upstream see the same
 /// request.
 /// Its request bodies may stall for at most `body_timeout` between two pieces.
+/// A request that asks for an upgrade carries the connection's [`UpgradeGuard`], which the
+/// forwarder keeps for as long as the upgraded connection lives.
 fn normalized<S>(
     service: S,
     inbound: Inbound,
+    guard: UpgradeGuard,
     body_timeout: Duration,
 ) -> tower::util::MapRequest<
     S,
@@ -269,6 +279,9 @@ fn normalized<S>(
 > {
     tower::util::MapRequest::new(service, move |mut request: Request<Incoming>| {
         normalize(&mut request, inbound);
+        if request.headers().contains_key(http::header::UPGRADE) {
+            request.extensions_mut().insert(guard.clone());
+        }
         request.map(|body| TimeoutBody::new(body, body_timeout))
     })
 }
@@ -414,7 +427,7 @@ fn spawn_workers<B, M, S, ResBody>(
 ) -> Vec<Option<std::thread::JoinHandle<()>>>
 where
     B: Fn() -> M + Send + Sync + 'static,
-    M: Fn(Inbound) -> S + 'static,
+    M: Fn(Inbound, UpgradeGuard) -> S + 'static,
     S: Service<Request<Incoming>, Response = Response<ResBody>, Error = Infallible>
         + Clone
         + Send
@@ -442,7 +455,7 @@ where
 /// requests are done, and keeps running (for the mirrors' sake) until told to exit.
 async fn worker<M, S, ResBody>(listener: TcpListener, signals: Signals, make: M)
 where
-    M: Fn(Inbound) -> S,
+    M: Fn(Inbound, UpgradeGuard) -> S,
     S: Service<Request<Incoming>, Response = Response<ResBody>, Error = Infallible>
         + Clone
         + Send
@@ -497,11 +510,19 @@ where
             client: client_addr,
             https: edge.tls.is_some(),
         };
-        let service = TowerToHyperService::new(make(inbound));
+        let (io, activity) = Watched::new(stream);
+        let permit = Arc::new(permit);
+        let settings = &edge.settings;
+        let guard = UpgradeGuard::new(
+            Arc::clone(&permit),
+            Arc::clone(&activity),
+            settings.idle_timeout,
+            settings.send_timeout,
+        );
+        let service = TowerToHyperService::new(make(inbound, guard));
         let (builder, edge) = (builder.clone(), Arc::clone(&edge));
         let (open, closing) = (open.clone(), stopped.clone());
         tokio::spawn(async move {
-            let (io, activity) = Watched::new(stream);
             match &edge.tls {
                 None => serve_connection(&builder, &edge, io, &activity, service, closing).await,
                 Some(tls) => {

@@ -511,3 +511,85 @@ async fn an_idle_http2_connection_is_closed() {
         "{stats:#}"
     );
 }
+
+/// Opens a WebSocket-style upgrade through the proxy; returns the upgraded connection.
+async fn upgraded(proxy: &Proxy) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        within("the 101", stream.read_exact(&mut byte))
+            .await
+            .unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
+}
+
+/// An upgraded connection keeps its place among --max-connections for as long as it lives
+/// (hyper hands it over and forgets it: without that, upgrades escaped the limit), and
+/// gives it back when it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_connections_count_against_the_connection_limit() {
+    let upstream = Server::upstream().await;
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &upstream.url,
+        "--max-connections",
+        "2",
+        "--workers",
+        "1",
+    ])
+    .await;
+    let mut first = upgraded(&proxy).await;
+    let _second = upgraded(&proxy).await;
+    first.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    within("the echo", first.read_exact(&mut echo))
+        .await
+        .unwrap();
+    assert_eq!(&echo, b"ping", "the upgraded connection works");
+
+    let mut third = TcpStream::connect(proxy.addr).await.unwrap();
+    third
+        .write_all(b"GET /third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // Absence cannot be awaited: give the proxy a bounded chance to (wrongly) answer.
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), third.read(&mut buf));
+    assert!(
+        early.await.is_err(),
+        "served beyond the limit while two upgrades are open"
+    );
+    drop(first);
+    let answer = closed_by_proxy(&mut third).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+/// An upgraded connection with no traffic is closed after --idle-timeout, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_upgraded_connection_is_closed() {
+    let upstream = Server::upstream().await;
+    let proxy = Proxy::start(&["--upstream", &upstream.url, "--idle-timeout", "300ms"]).await;
+    let mut stream = upgraded(&proxy).await;
+    closed_by_proxy(&mut stream).await;
+    proxy
+        .wait_stats("the idle close counted", |s| {
+            rejected(s, "idle_timeout") >= 1
+        })
+        .await;
+}
