@@ -232,8 +232,12 @@ async fn a_client_that_aborts_its_body_is_not_an_upstream_error() {
     .await;
     drop(stream);
 
+    // The refusal and the 4xx are counted one after the other by the worker thread; /stats
+    // may be read between the two, so wait for both.
     let stats = proxy
-        .wait_stats("a body error", |s| rejected(s, "body_error") == 1)
+        .wait_stats("a body error answered 4xx", |s| {
+            rejected(s, "body_error") == 1 && s["primary"]["responses"]["4xx"] == 1
+        })
         .await;
     assert_eq!(primary(&stats, "upstream_unavailable"), 0, "{stats:#}");
     assert_eq!(primary(&stats, "upstream_timeouts"), 0, "{stats:#}");
