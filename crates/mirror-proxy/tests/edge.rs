@@ -388,6 +388,15 @@ async fn the_connection_limit_holds() {
             s["primary"]["connection_limit_reached"].as_u64() >= Some(1)
         })
         .await;
+    // The counter moves as soon as the second connection is accepted, so it proves little
+    // alone: absence cannot be awaited, so give the proxy a bounded chance to (wrongly)
+    // answer the third client.
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), third.read(&mut buf));
+    assert!(
+        early.await.is_err(),
+        "the third client was served at the limit"
+    );
     assert_eq!(
         upstream.count(),
         2,
