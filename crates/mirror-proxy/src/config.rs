@@ -127,7 +127,7 @@ pub struct RunArgs {
     /// A TOML file with any of these settings, plus per-target ones in `[[mirror]]` tables:
     /// url, name (unique; default the URL), percentage, http2, strip_headers, set_headers,
     /// sample_by ("header:NAME", "cookie:NAME", "query:NAME" or "client_ip"), rate ("200/s",
-    /// "10/m", "1000/h"), methods, paths and exclude_paths (prefixes on segment
+    /// "10/m", "1000/h"), max_connections (default 1024), methods, paths and exclude_paths (prefixes on segment
     /// boundaries), path_regex, headers ({ name = "exact value" }), rewrite_path
     /// ({ from = REGEX, to = REPLACEMENT }), compare, baseline; and a `[diff]` table.
     #[arg(long, value_name = "FILE", env = "MIRROR_PROXY_CONFIG")]
@@ -274,6 +274,8 @@ struct FileMirror {
     sample_by: Option<String>,
     /// At most this many mirrors: `200/s`, `10/m`, `1000/h`.
     rate: Option<String>,
+    /// At most this many connections to the target (default 1024).
+    max_connections: Option<usize>,
     /// Only these methods.
     #[serde(default)]
     methods: Vec<String>,
@@ -337,6 +339,12 @@ impl FileMirror {
         if let Some(rate) = self.rate {
             let rate: RateLimit = rate.parse().map_err(|e| invalid("rate", e))?;
             target = target.rate_limit(rate);
+        }
+        if let Some(max) = self.max_connections {
+            if max == 0 {
+                return Err(invalid("max_connections", "must be at least 1".to_owned()));
+            }
+            target = target.max_connections(max);
         }
         let mut methods = Vec::new();
         for method in &self.methods {

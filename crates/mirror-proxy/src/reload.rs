@@ -17,7 +17,6 @@ use tower_mirror::{HttpSender, MirrorHandle, MirrorLayer, Options, Sender, Targe
 
 use crate::config::{AdminToken, Config, ConfigError, MirrorSettings, RunArgs};
 use crate::forward::{LiveRoute, UpstreamRoute};
-use crate::server::PerWorkerSender;
 use crate::telemetry::Telemetry;
 
 /// Who asked for a change: said in every log line about it.
@@ -95,13 +94,13 @@ impl Mirroring {
     ) -> Result<Self, ConfigError> {
         let danger = config.danger_accept_invalid_certs;
         let roots = config.tls_roots.clone();
-        let sender: Arc<dyn Sender> = Arc::new(PerWorkerSender::new(move || {
-            if danger {
-                HttpSender::dangerous_accept_invalid_certificates()
-            } else {
-                HttpSender::with_root_certificates(roots.clone())
-            }
-        }));
+        // tower-mirror gives each target its own bounded pool from this sender, with a shard
+        // per worker thread, so that a mirror and its connection stay on one worker.
+        let sender: Arc<dyn Sender> = Arc::new(if danger {
+            HttpSender::dangerous_accept_invalid_certificates()
+        } else {
+            HttpSender::with_root_certificates(roots)
+        });
         let options = options(&config.mirror, telemetry, &sender, diff);
         let layer = MirrorLayer::with_options(options).map_err(|e| ConfigError(e.to_string()))?;
         Ok(Self {

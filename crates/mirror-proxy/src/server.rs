@@ -9,13 +9,10 @@
 //! the layer's configuration, the admin token — lives in [`Live`], which every worker reads
 //! per request without a lock.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -28,7 +25,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::{Layer, Service};
 use tower_mirror::diff::Diff;
-use tower_mirror::{DrainReport, HttpSender, MirrorBody, MirrorLayer, SendFuture, Sender};
+use tower_mirror::{DrainReport, MirrorLayer};
 
 use crate::config::{Config, ConfigError, Edge, RunArgs};
 use crate::forward::{Forward, ForwardShared, LiveRoute};
@@ -306,40 +303,6 @@ impl UpstreamClients {
             self.roots.clone(),
             Arc::clone(&self.telemetry),
         )
-    }
-}
-
-/// Sends each mirror through an `HttpSender` of the worker thread it runs on: a mirror task
-/// runs on the worker that took its request, and so do its connection's tasks.
-pub(crate) struct PerWorkerSender {
-    id: usize,
-    make: Box<dyn Fn() -> HttpSender + Send + Sync>,
-}
-
-impl PerWorkerSender {
-    pub(crate) fn new(make: impl Fn() -> HttpSender + Send + Sync + 'static) -> Self {
-        static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
-        Self {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            make: Box::new(make),
-        }
-    }
-}
-
-thread_local! {
-    /// This thread's senders, by the `PerWorkerSender` they belong to.
-    static SENDERS: RefCell<HashMap<usize, HttpSender>> = RefCell::new(HashMap::new());
-}
-
-impl Sender for PerWorkerSender {
-    fn send(&self, request: Request<MirrorBody>) -> SendFuture {
-        SENDERS.with(|senders| {
-            let mut senders = senders.borrow_mut();
-            senders
-                .entry(self.id)
-                .or_insert_with(|| (self.make)())
-                .send(request)
-        })
     }
 }
 

@@ -258,8 +258,9 @@ pub struct TargetTelemetry {
     pub latency: LatencyHistogram,
     /// The target's responses by status class.
     pub responses: StatusClasses,
-    /// `mirror_latency_seconds{target}`, registered once: recording is then a few atomics.
-    latency_metric: metrics::Histogram,
+    /// `mirror_latency_seconds{target, outcome}` for `responded`, `failed` and `timed_out`
+    /// (every exchange that went out), registered once: recording is then a few atomics.
+    latency_metric: [metrics::Histogram; 3],
     last_log_ms: AtomicU64,
     unlogged_failures: AtomicU64,
 }
@@ -270,10 +271,13 @@ impl TargetTelemetry {
             name: name.to_owned(),
             latency: LatencyHistogram::default(),
             responses: StatusClasses::default(),
-            latency_metric: metrics::histogram!(
-                "mirror_latency_seconds",
-                "target" => name.to_owned()
-            ),
+            latency_metric: ["responded", "failed", "timed_out"].map(|outcome| {
+                metrics::histogram!(
+                    "mirror_latency_seconds",
+                    "target" => name.to_owned(),
+                    "outcome" => outcome
+                )
+            }),
             // "Long ago", so the first failure is logged.
             last_log_ms: AtomicU64::new(0),
             unlogged_failures: AtomicU64::new(0),
@@ -521,9 +525,7 @@ impl Telemetry {
         };
         target.latency.record(response.latency());
         target.responses.record(response.status());
-        target
-            .latency_metric
-            .record(response.latency().as_secs_f64());
+        target.latency_metric[0].record(response.latency().as_secs_f64());
     }
 
     /// tower-mirror's `on_error`: one log line per target per second at most, so a dead
@@ -533,6 +535,12 @@ impl Telemetry {
         let Some(target) = targets.iter().find(|t| t.name == name) else {
             return;
         };
+        // Exchanges that went out and failed or hung count in the latency too, so that a
+        // hanging target shows in p99; a connect error never went out.
+        if let Some(latency) = error.latency() {
+            let outcome = if error.is_timeout() { 2 } else { 1 };
+            target.latency_metric[outcome].record(latency.as_secs_f64());
+        }
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
         let last = target.last_log_ms.load(Relaxed);
         let due = last == 0 || now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64;
@@ -649,7 +657,9 @@ impl Telemetry {
                         "timed_out": t.timed_out,
                         "dropped_overload": t.dropped_overload,
                         "dropped_rate_limited": t.dropped_rate_limited,
+                        "dropped_no_connection": t.dropped_no_connection,
                         "in_flight": t.in_flight,
+                        "connections": t.connections,
                         "skipped": Value::Object(
                             t.skipped.iter().map(|(r, n)| (r.to_owned(), json!(n))).collect()
                         ),
@@ -776,6 +786,7 @@ fn export_mirror_counters(mirror: &MirrorHandle) {
         for (reason, n) in [
             ("overload", t.dropped_overload),
             ("rate_limited", t.dropped_rate_limited),
+            ("no_connection", t.dropped_no_connection),
         ] {
             metrics::counter!("mirror_dropped_total", "target" => target.clone(), "reason" => reason)
                 .absolute(n);
@@ -787,7 +798,8 @@ fn export_mirror_counters(mirror: &MirrorHandle) {
             metrics::counter!("mirror_skipped_total", "target" => target.clone(), "reason" => reason)
                 .absolute(n);
         }
-        metrics::gauge!("mirror_in_flight", "target" => target).set(t.in_flight as f64);
+        metrics::gauge!("mirror_in_flight", "target" => target.clone()).set(t.in_flight as f64);
+        metrics::gauge!("mirror_connections", "target" => target).set(t.connections as f64);
     }
     for (reason, n) in stats.not_mirrored.iter() {
         metrics::counter!("mirror_not_mirrored_total", "reason" => reason).absolute(n);

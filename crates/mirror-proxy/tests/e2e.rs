@@ -845,7 +845,10 @@ async fn stats_and_metrics_count_the_traffic() {
             b.url
         ),
     );
-    let latency_count = format!("mirror_latency_seconds_count{{target=\"{}\"}}", a.url);
+    let latency_count = format!(
+        "mirror_latency_seconds_count{{target=\"{}\",outcome=\"responded\"}}",
+        a.url
+    );
     let text = proxy
         .wait_metrics("the mirror counters", |text| {
             sample(text, &ra) == Some(10.0)
@@ -871,14 +874,14 @@ async fn stats_and_metrics_count_the_traffic() {
     expect("proxy_requests_total{status_class=\"4xx\"}", 2.0);
     expect(
         &format!(
-            "mirror_latency_seconds_bucket{{target=\"{}\",le=\"+Inf\"}}",
+            "mirror_latency_seconds_bucket{{target=\"{}\",outcome=\"responded\",le=\"+Inf\"}}",
             a.url
         ),
         10.0,
     );
     expect(
         &format!(
-            "mirror_latency_seconds_bucket{{target=\"{}\",le=\"+Inf\"}}",
+            "mirror_latency_seconds_bucket{{target=\"{}\",outcome=\"responded\",le=\"+Inf\"}}",
             b.url
         ),
         5.0,

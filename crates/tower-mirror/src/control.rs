@@ -9,7 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
-use crate::client::{HttpSender, Sender};
+use crate::client::HttpSender;
 use crate::config::Options;
 use crate::error::ConfigError;
 use crate::plan::Plan;
@@ -26,7 +26,7 @@ pub(crate) struct Control {
     pub(crate) not_mirrored: IneligibleCounters,
     /// The client used when `Options::sender` is `None`: one for the layer's life, so that a
     /// replacement keeps its connection pools.
-    default_client: OnceLock<Arc<dyn Sender>>,
+    default_client: OnceLock<HttpSender>,
     /// Replacements one at a time (never taken on the request path).
     replacing: Mutex<()>,
 }
@@ -98,8 +98,8 @@ impl Control {
     }
 }
 
-fn default(cell: &OnceLock<Arc<dyn Sender>>) -> Arc<dyn Sender> {
-    Arc::clone(cell.get_or_init(|| Arc::new(HttpSender::new())))
+fn default(cell: &OnceLock<HttpSender>) -> HttpSender {
+    cell.get_or_init(HttpSender::new).clone()
 }
 
 /// Mirrors in flight over all targets and plans, and a wake-up for whoever waits for them to

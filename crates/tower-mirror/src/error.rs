@@ -93,12 +93,15 @@ impl StdError for ConfigError {}
 pub struct MirrorError {
     kind: ErrorKind,
     source: Option<BoxError>,
+    /// From the request going out to the failure; `None` if it never went out.
+    latency: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ErrorKind {
     Timeout(Duration),
     Connect,
+    ConnectTimeout(Duration),
     Request,
     ResponseBody,
     Uri,
@@ -106,10 +109,44 @@ enum ErrorKind {
 
 impl MirrorError {
     pub(crate) fn timeout(after: Duration) -> Self {
+        Self::new(ErrorKind::Timeout(after), None)
+    }
+
+    fn new(kind: ErrorKind, source: Option<BoxError>) -> Self {
         Self {
-            kind: ErrorKind::Timeout(after),
-            source: None,
+            kind,
+            source,
+            latency: None,
         }
+    }
+
+    /// Opening a connection to the target failed: the request never went out.
+    pub(crate) fn connect(error: BoxError) -> Self {
+        Self::new(ErrorKind::Connect, Some(error))
+    }
+
+    /// Opening a connection took the whole timeout: the request never went out.
+    pub(crate) fn connect_timeout(after: Duration) -> Self {
+        Self::new(ErrorKind::ConnectTimeout(after), None)
+    }
+
+    /// This error, `latency` after its request went out (kept only for errors after it did).
+    pub(crate) fn after(mut self, latency: Duration) -> Self {
+        if !matches!(
+            self.kind,
+            ErrorKind::Connect | ErrorKind::ConnectTimeout(_) | ErrorKind::Uri
+        ) {
+            self.latency = Some(latency);
+        }
+        self
+    }
+
+    /// How long after the request went out the exchange failed or timed out; `None` when it
+    /// never went out (a connect error, an invalid URI). mirror-proxy records it in
+    /// `mirror_latency_seconds{outcome="failed"|"timed_out"}`, so that a hanging target shows
+    /// in the latency quantiles.
+    pub fn latency(&self) -> Option<Duration> {
+        self.latency
     }
 
     /// Classifies an error returned by a [`Sender`](crate::Sender).
@@ -119,26 +156,17 @@ impl MirrorError {
         } else {
             ErrorKind::Request
         };
-        Self {
-            kind,
-            source: Some(error),
-        }
+        Self::new(kind, Some(error))
     }
 
     /// The target's base joined with the original path and query is not a valid URI (in
     /// practice: longer than a URI may be).
     pub(crate) fn uri() -> Self {
-        Self {
-            kind: ErrorKind::Uri,
-            source: None,
-        }
+        Self::new(ErrorKind::Uri, None)
     }
 
     pub(crate) fn response_body(error: BoxError) -> Self {
-        Self {
-            kind: ErrorKind::ResponseBody,
-            source: Some(error),
-        }
+        Self::new(ErrorKind::ResponseBody, Some(error))
     }
 
     /// True when the target did not complete the exchange within the configured timeout.
@@ -146,9 +174,10 @@ impl MirrorError {
         matches!(self.kind, ErrorKind::Timeout(_))
     }
 
-    /// True when no connection to the target could be made (refused, unreachable, DNS, TLS).
+    /// True when no connection to the target could be made (refused, unreachable, DNS, TLS,
+    /// or not within the timeout): the request never went out.
     pub fn is_connect(&self) -> bool {
-        self.kind == ErrorKind::Connect
+        matches!(self.kind, ErrorKind::Connect | ErrorKind::ConnectTimeout(_))
     }
 }
 
@@ -182,6 +211,9 @@ impl fmt::Display for MirrorError {
                 return write!(f, "mirror request timed out after {after:?}");
             }
             ErrorKind::Connect => f.write_str("could not connect to the mirror target")?,
+            ErrorKind::ConnectTimeout(after) => {
+                return write!(f, "could not connect to the mirror target within {after:?}");
+            }
             ErrorKind::Request => f.write_str("mirror request failed")?,
             ErrorKind::ResponseBody => f.write_str("reading the mirror response body failed")?,
             ErrorKind::Uri => f.write_str(

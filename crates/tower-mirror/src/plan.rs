@@ -11,7 +11,7 @@ use http::header::{HeaderName, HeaderValue};
 
 use crate::admit::{Admission, Filter, Limits, RateLimiter, Sampler, TargetState};
 use crate::body::ByteBudget;
-use crate::client::Sender;
+use crate::client::{HttpSender, Transport};
 use crate::config::{ErrorCallback, Mode, Options, SuccessCallback};
 use crate::error::ConfigError;
 use crate::observe::Observer;
@@ -48,7 +48,8 @@ pub(crate) struct TargetRuntime {
     /// Counters, sampling position, live percentage and pause: kept across replacements
     /// that leave the URL and transport alone.
     pub(crate) state: Arc<TargetState>,
-    pub(crate) client: Arc<dyn Sender>,
+    /// Its own connection pool, or the user's sender.
+    pub(crate) client: Transport,
 }
 
 impl TargetRuntime {
@@ -59,12 +60,13 @@ impl TargetRuntime {
 
 impl Plan {
     /// Checks and compiles `options`. With `previous`, the plan it replaces: a target of the
-    /// same name, URL and transport keeps its state and rate-limit bucket. `default_client`
-    /// sends when `options.sender` is `None` (one for the layer's life, so pools survive).
+    /// same name, URL and transport keeps its state, its rate-limit bucket and (with the same
+    /// sender and connection limit) its connection pool. `default_client` connects when
+    /// `options.sender` is `None` (one for the layer's life, so that pools survive).
     pub(crate) fn compile(
         options: Options,
         previous: Option<&Plan>,
-        default_client: impl FnOnce() -> Arc<dyn Sender>,
+        default_client: impl FnOnce() -> HttpSender,
     ) -> Result<Self, ConfigError> {
         if options.targets.is_empty() {
             return Err(ConfigError::NoTargets);
@@ -92,7 +94,16 @@ impl Plan {
         for observer in &options.observers {
             observer.check(&options.targets)?;
         }
-        let client = options.sender.unwrap_or_else(default_client);
+        // An HttpSender (the default, or given) connects through per-target pools; any
+        // other sender is called as it is.
+        let default_sender;
+        let sending = match &options.sender {
+            Some(sender) => sender.as_http_sender().ok_or(sender),
+            None => {
+                default_sender = default_client();
+                Ok(&default_sender)
+            }
+        };
         let max_in_flight = options.max_in_flight;
         let targets: Box<[Arc<TargetRuntime>]> = options
             .targets
@@ -107,11 +118,30 @@ impl Plan {
                 let rate = kept
                     .filter(|b| b.spec.rate_limit == spec.rate_limit)
                     .and_then(|b| b.admission.limits.rate.clone());
+                let admission = compile_admission(&spec, max_in_flight, rate)?;
+                let rules = compile_rules(&spec)?;
+                let client = match sending {
+                    Ok(http) => {
+                        let previous = kept.and_then(|b| match &b.client {
+                            Transport::Pooled(pool) => Some(pool),
+                            Transport::Custom(_) => None,
+                        });
+                        // The URL parsed as a base above, so it has an authority.
+                        let pool = http.pool_for(&spec, previous).ok_or_else(|| {
+                            ConfigError::InvalidTarget {
+                                url: spec.url.clone(),
+                                reason: "has no host to connect to".to_owned(),
+                            }
+                        })?;
+                        Transport::Pooled(pool)
+                    }
+                    Err(sender) => Transport::Custom(Arc::clone(sender)),
+                };
                 let runtime = TargetRuntime {
-                    admission: compile_admission(&spec, max_in_flight, rate)?,
-                    rules: compile_rules(&spec)?,
+                    admission,
+                    rules,
                     state,
-                    client: Arc::clone(&client),
+                    client,
                     spec,
                 };
                 Ok(Arc::new(runtime))
@@ -166,7 +196,11 @@ impl Plan {
                 .iter()
                 .map(|t| (t, false))
                 .chain(self.retired.iter().map(|t| (t, true)))
-                .map(|(t, removed)| t.state.counters.snapshot(t.name(), &t.spec.url, removed))
+                .map(|(t, removed)| {
+                    let mut stats = t.state.counters.snapshot(t.name(), &t.spec.url, removed);
+                    stats.connections = t.client.connections();
+                    stats
+                })
                 .collect(),
             not_mirrored,
             buffered_bytes: self.budget.used(),
@@ -195,6 +229,12 @@ fn compile_admission(
             url: target.url.clone(),
             percentage: target.percentage,
         });
+    }
+    if target.max_connections == 0 {
+        return Err(invalid((
+            "max_connections",
+            "must be at least 1".to_owned(),
+        )));
     }
     let filter = Filter::compile(&target.filter).map_err(&invalid)?;
     let sampler = match &target.sample_by {
@@ -281,7 +321,7 @@ mod tests {
     use super::*;
 
     fn compile_options(options: Options) -> Result<Plan, ConfigError> {
-        Plan::compile(options, None, || Arc::new(crate::client::HttpSender::new()))
+        Plan::compile(options, None, crate::client::HttpSender::new)
     }
 
     #[test]

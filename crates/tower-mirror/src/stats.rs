@@ -38,6 +38,7 @@ pub(crate) struct TargetCounters {
     pub(crate) sampled_without_key: AtomicU64,
     pub(crate) dropped_overload: AtomicU64,
     pub(crate) dropped_rate_limited: AtomicU64,
+    pub(crate) dropped_no_connection: AtomicU64,
     _tasks_line: [CacheLine; 0],
     pub(crate) sent: AtomicU64,
     pub(crate) responded: AtomicU64,
@@ -74,6 +75,9 @@ impl TargetCounters {
             timed_out: self.timed_out.load(Relaxed),
             dropped_overload: self.dropped_overload.load(Relaxed),
             dropped_rate_limited: self.dropped_rate_limited.load(Relaxed),
+            dropped_no_connection: self.dropped_no_connection.load(Relaxed),
+            // The pool's: filled in by the plan.
+            connections: 0,
             in_flight: self.in_flight.load(Relaxed),
             skipped: SkipStats {
                 body_too_large: skipped(SkipReason::BodyTooLarge),
@@ -128,11 +132,13 @@ pub struct MirrorStats {
 /// A request the layer considers ([`MirrorStats::not_mirrored`] aside) passes each target's
 /// admission steps in order: its filter (else `filtered`), its sampling (else nothing is
 /// counted), then its limits. Every **sampled** mirror ends in exactly one of: `sent`,
-/// `dropped_overload`, `dropped_rate_limited`, or one of `skipped`; every sent mirror ends in
-/// exactly one of `responded`, `failed`, `timed_out` (or is still `in_flight`):
+/// `dropped_overload`, `dropped_rate_limited`, `dropped_no_connection`, or one of `skipped`;
+/// every sent mirror ends in exactly one of `responded`, `failed`, `timed_out` (or is still
+/// `in_flight`):
 ///
 /// ```text
-/// sampled = sent + dropped_overload + dropped_rate_limited + skipped.total()
+/// sampled = sent + dropped_overload + dropped_rate_limited + dropped_no_connection
+///         + skipped.total()
 /// sent    = responded + failed + timed_out + in_flight
 /// ```
 ///
@@ -165,13 +171,20 @@ pub struct TargetStats {
     pub responded: u64,
     /// Mirrors that failed before a complete response: connect errors, resets, bad responses.
     pub failed: u64,
-    /// Mirrors that did not complete within the timeout.
+    /// Mirrors whose request went out but did not complete within the timeout. (One that
+    /// could not even connect in time is `failed`: it never left.)
     pub timed_out: u64,
     /// Mirrors not sent because the target already had `max_in_flight` mirrors in flight.
     pub dropped_overload: u64,
     /// Mirrors not sent because the target's rate cap
     /// ([`Target::rate_limit`](crate::Target::rate_limit)) was reached; never queued.
     pub dropped_rate_limited: u64,
+    /// Mirrors not sent because no connection could take them at once: every connection
+    /// (or HTTP/2 stream) busy and [`Target::max_connections`](crate::Target::max_connections)
+    /// open. Never queued.
+    pub dropped_no_connection: u64,
+    /// Connections open to the target now, or being opened (0 with a sender of your own).
+    pub connections: usize,
     /// Mirrors sent and not yet finished.
     pub in_flight: usize,
     /// Mirrors not sent, by reason.

@@ -72,6 +72,7 @@ pub struct Target {
     pub(crate) filter: FilterSpec,
     pub(crate) sample_by: Option<SampleKey>,
     pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) max_connections: usize,
     pub(crate) rewrite_path: Option<(String, String)>,
     pub(crate) trace_context: crate::outbound::TraceContext,
     /// Roles in comparisons (feature `diff`): plain data here, read by the diff observer.
@@ -110,6 +111,7 @@ impl Target {
             filter: FilterSpec::default(),
             sample_by: None,
             rate_limit: None,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             rewrite_path: None,
             trace_context: crate::outbound::TraceContext::Child,
             compare: false,
@@ -223,6 +225,28 @@ impl Target {
         self.sample_by = Some(key);
         self
     }
+
+    /// This target, over at most `max` connections at once (open or being opened), each of
+    /// its worker threads keeping its own. Default
+    /// [`DEFAULT_MAX_CONNECTIONS`](Self::DEFAULT_MAX_CONNECTIONS), Envoy's circuit-breaker
+    /// default. 0 is a [`ConfigError::InvalidSetting`](crate::ConfigError::InvalidSetting).
+    ///
+    /// A mirror is sent only when it can be written at once: an idle HTTP/1.1 connection, a
+    /// free HTTP/2 stream (under the target's `SETTINGS_MAX_CONCURRENT_STREAMS`, RFC 9113
+    /// §5.1.2), or room to open a connection. Otherwise it is dropped and counted
+    /// (`dropped_no_connection`), never queued. An HTTP/1.1 target takes one mirror per
+    /// connection, so with `max_in_flight` above this limit the limit binds; an HTTP/2 target
+    /// opens another connection when the streams of the open ones are taken.
+    ///
+    /// Applies with the default sender (or an [`HttpSender`](crate::HttpSender) given as
+    /// [`Options::sender`](crate::Options::sender)); a sender of your own keeps its own rules.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// The connection limit of a target that sets none: 1,024, as Envoy's circuit breakers.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
     /// This target, receiving at most `limit` mirrors: beyond it, mirrors are dropped and
     /// counted (`dropped_rate_limited`), never queued, and before any body is copied.

@@ -1,6 +1,7 @@
 //! Sending mirrored requests: the [`Sender`] trait and the default [`HttpSender`], and the
 //! TLS client set-up ([`tls`]) that mirror-proxy's upstream client shares.
 
+pub(crate) mod pool;
 pub mod tls;
 
 use std::fmt;
@@ -17,8 +18,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use std::sync::Arc;
+
 use crate::body::MirrorBody;
+
 use crate::error::BoxError;
+use pool::{Lease, Pool, Protocol};
 
 /// The body of a shadow target's response, as a [`Sender`] returns it.
 pub type ShadowBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -38,6 +43,14 @@ pub type SendFuture =
 pub trait Sender: Send + Sync + 'static {
     /// Sends one mirrored request and resolves to the target's response head.
     fn send(&self, request: Request<MirrorBody>) -> SendFuture;
+
+    /// The [`HttpSender`] this sender is, if it is one. The layer then does not call
+    /// [`send`](Self::send): it gives each target a bounded connection pool of its own,
+    /// connecting as that `HttpSender` does (its TLS set-up). Leave the default, `None`, in
+    /// your own senders; a mirror given to one is never refused for want of a connection.
+    fn as_http_sender(&self) -> Option<&HttpSender> {
+        None
+    }
 }
 
 impl<F> Sender for F
@@ -59,6 +72,12 @@ where
 /// followed. Cloning shares the pool.
 #[derive(Clone)]
 pub struct HttpSender {
+    /// What the layer's per-target pools connect with.
+    connector: HttpsConnector<HttpConnector>,
+    /// Tells senders apart, so that a replacement keeps a target's pool only when its
+    /// sender is the same.
+    id: usize,
+    /// For [`Sender::send`] called directly, outside a layer.
     client: Client<HttpsConnector<HttpConnector>, MirrorBody>,
     /// For requests marked `HTTP/2` (targets with [`Target::http2`](crate::Target::http2)).
     http2_client: Client<HttpsConnector<HttpConnector>, MirrorBody>,
@@ -97,9 +116,12 @@ impl HttpSender {
             .pool_idle_timeout(Self::POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
+        static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let client = builder.build(https.clone());
-        let http2_client = builder.http2_only(true).build(https);
+        let http2_client = builder.http2_only(true).build(https.clone());
         Self {
+            connector: https,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             client,
             http2_client,
         }
@@ -131,4 +153,74 @@ impl Sender for HttpSender {
             Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))
         })
     }
+
+    fn as_http_sender(&self) -> Option<&HttpSender> {
+        Some(self)
+    }
+}
+
+impl HttpSender {
+    /// A pool of connections to `target` alone, connecting as this sender does; the pool of
+    /// `previous` if it would be the same.
+    pub(crate) fn pool_for(
+        &self,
+        target: &crate::Target,
+        previous: Option<&Arc<Pool>>,
+    ) -> Option<Arc<Pool>> {
+        let url: http::Uri = target.url.parse().ok()?;
+        let origin = pool::origin(&url)?;
+        let protocol = if target.http2 {
+            Protocol::Http2
+        } else if url.scheme() == Some(&http::uri::Scheme::HTTPS) {
+            Protocol::Negotiated
+        } else {
+            Protocol::Http1
+        };
+        let max = target.max_connections;
+        if let Some(previous) = previous.filter(|p| {
+            p.sender_id == self.id && p.max_connections() == max && p.protocol() == protocol
+        }) {
+            return Some(Arc::clone(previous));
+        }
+        Some(Arc::new(Pool::new(
+            self.connector.clone(),
+            origin,
+            protocol,
+            max,
+            self.id,
+        )))
+    }
+}
+
+/// How a target's mirrors are sent.
+#[derive(Clone)]
+pub(crate) enum Transport {
+    /// The layer's own bounded pool for the target.
+    Pooled(Arc<Pool>),
+    /// A user's [`Sender`]: no connection check, the sender decides.
+    Custom(Arc<dyn Sender>),
+}
+
+impl Transport {
+    /// Connections the layer holds open to the target (0 for a user's sender).
+    pub(crate) fn connections(&self) -> usize {
+        match self {
+            Self::Pooled(pool) => pool.connections(),
+            Self::Custom(_) => 0,
+        }
+    }
+
+    /// A place for one request that can be written at once, or `None`.
+    pub(crate) fn reserve(&self) -> Option<Reservation> {
+        match self {
+            Self::Pooled(pool) => pool.reserve().map(Reservation::Pooled),
+            Self::Custom(sender) => Some(Reservation::Custom(Arc::clone(sender))),
+        }
+    }
+}
+
+/// A place for one request, from [`Transport::reserve`].
+pub(crate) enum Reservation {
+    Pooled(Lease),
+    Custom(Arc<dyn Sender>),
 }

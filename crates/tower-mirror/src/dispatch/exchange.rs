@@ -4,11 +4,10 @@
 use std::time::Instant;
 
 use bytes::BytesMut;
-use http::Request;
+use http::{Method, Uri};
 use http_body_util::BodyExt;
 
-use crate::body::MirrorBody;
-use crate::client::{Sender, ShadowBody};
+use crate::client::{SendFuture, ShadowBody};
 use crate::error::{BoxError, MirrorError};
 use crate::response::MirrorResponse;
 
@@ -16,17 +15,16 @@ use crate::response::MirrorResponse;
 /// body is dropped unread and its connection closed.
 const DRAIN_LIMIT: usize = 1 << 20;
 
-/// Sends `request` through `client`, reads the response, keeps the body's first `capture`
-/// bytes; also says whether the whole body fit in them.
+/// Awaits the response to a request on its way (`sending`, for `method` `uri`), reads it,
+/// keeps the body's first `capture` bytes; also says whether the whole body fit in them.
 pub(super) async fn exchange(
-    client: &dyn Sender,
-    request: Request<MirrorBody>,
+    sending: SendFuture,
+    method: Method,
+    uri: Uri,
     capture: usize,
 ) -> Result<(MirrorResponse, bool), MirrorError> {
-    let method = request.method().clone();
-    let uri = request.uri().clone();
     let started = Instant::now();
-    let response = client.send(request).await.map_err(MirrorError::from_send)?;
+    let response = sending.await.map_err(MirrorError::from_send)?;
     let latency = started.elapsed();
     let (parts, body) = response.into_parts();
     let (body, complete) = drain(body, capture)

@@ -94,6 +94,14 @@ impl PendingMirror {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 continue;
             };
+            // Only a mirror that can be written at once is sent: no queue behind a busy pool.
+            let Some(reservation) = target.client.reserve() else {
+                drop(slot);
+                counters
+                    .dropped_no_connection
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            };
             counters
                 .sent
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -108,6 +116,7 @@ impl PendingMirror {
                 .collect();
             spawned(runtime.spawn(mirror_one(
                 slot,
+                reservation,
                 Arc::clone(&self.plan),
                 Arc::clone(&self.snapshot),
                 body,

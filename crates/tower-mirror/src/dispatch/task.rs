@@ -2,13 +2,18 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use http::Request;
 
 use crate::body::MirrorBody;
+use crate::client::Reservation;
 use crate::control::Tracker;
 use crate::error::MirrorError;
 use crate::observe::Observation;
 use crate::outbound::request::{self, RequestSnapshot};
 use crate::plan::{Plan, TargetRuntime};
+use crate::response::MirrorResponse;
 
 use super::exchange::exchange;
 use tracing::Instrument;
@@ -52,6 +57,7 @@ impl Drop for InFlight {
 /// Sends one mirror, records its outcome, tells the callbacks and observations.
 pub(super) async fn mirror_one(
     slot: InFlight,
+    reservation: Reservation,
     plan: Arc<Plan>,
     snapshot: Arc<RequestSnapshot>,
     body: MirrorBody,
@@ -83,12 +89,13 @@ pub(super) async fn mirror_one(
         status = tracing::field::Empty,
         outcome = tracing::field::Empty,
     );
-    let exchange = exchange(&*target.client, request, capture).instrument(span.clone());
-    let outcome = tokio::time::timeout(plan.timeout, exchange).await;
+    let outcome = send(reservation, request, plan.timeout, capture)
+        .instrument(span.clone())
+        .await;
     let (status, label) = match &outcome {
-        Ok(Ok((response, _))) => (Some(response.status.as_u16()), "responded"),
-        Ok(Err(_)) => (None, "failed"),
-        Err(_) => (None, "timed_out"),
+        Ok((response, _)) => (Some(response.status.as_u16()), "responded"),
+        Err(error) if error.is_timeout() => (None, "timed_out"),
+        Err(_) => (None, "failed"),
     };
     span.record("outcome", label);
     if let Some(status) = status {
@@ -96,7 +103,7 @@ pub(super) async fn mirror_one(
     }
     // Callbacks run before the counters move, so whoever sees a count also sees its callback.
     let counter = match outcome {
-        Ok(Ok((mut response, complete))) => {
+        Ok((mut response, complete)) => {
             for observation in &observations {
                 contain_panic(|| observation.shadow(&target.spec, &response, complete));
             }
@@ -108,20 +115,50 @@ pub(super) async fn mirror_one(
             }
             &counters.responded
         }
-        Ok(Err(error)) => {
+        Err(error) => {
             if let Some(on_error) = &plan.on_error {
                 contain_panic(|| on_error(name, &error));
             }
-            &counters.failed
-        }
-        Err(_elapsed) => {
-            if let Some(on_error) = &plan.on_error {
-                contain_panic(|| on_error(name, &MirrorError::timeout(plan.timeout)));
+            if error.is_timeout() {
+                &counters.timed_out
+            } else {
+                &counters.failed
             }
-            &counters.timed_out
         }
     };
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Sends `request` on its reservation and reads the response, all within `timeout`.
+///
+/// With the layer's pool, a connection that cannot be opened in time is a connect error,
+/// not a timeout: the request never went out. An error after it went out carries the time
+/// since.
+async fn send(
+    reservation: Reservation,
+    request: Request<MirrorBody>,
+    timeout: Duration,
+    capture: usize,
+) -> Result<(MirrorResponse, bool), MirrorError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let sending = match reservation {
+        Reservation::Custom(sender) => sender.send(request),
+        Reservation::Pooled(lease) => {
+            match tokio::time::timeout_at(deadline, lease.connect()).await {
+                Ok(Ok(ready)) => ready.send(request),
+                Ok(Err(error)) => return Err(MirrorError::connect(error)),
+                Err(_elapsed) => return Err(MirrorError::connect_timeout(timeout)),
+            }
+        }
+    };
+    let went_out = Instant::now();
+    match tokio::time::timeout_at(deadline, exchange(sending, method, uri, capture)).await {
+        Ok(Ok(exchanged)) => Ok(exchanged),
+        Ok(Err(error)) => Err(error.after(went_out.elapsed())),
+        Err(_elapsed) => Err(MirrorError::timeout(timeout).after(went_out.elapsed())),
+    }
 }
 
 /// Runs a user callback so that its panic (reported by the panic hook as usual) cannot leave

@@ -73,6 +73,8 @@ pub struct Reply {
     pub gate: Option<Gate>,
     /// Waits this long before answering (the request is recorded first).
     pub delay: Option<Duration>,
+    /// HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS for each connection (hyper's default: 200).
+    pub max_streams: Option<u32>,
 }
 
 impl Default for Reply {
@@ -83,6 +85,7 @@ impl Default for Reply {
             body: Bytes::from_static(b"shadow ok"),
             gate: None,
             delay: None,
+            max_streams: None,
         }
     }
 }
@@ -140,11 +143,17 @@ impl Shadow {
                 shared.connections.fetch_add(1, Ordering::SeqCst);
                 let recorder = Arc::clone(&shared);
                 let reply = reply.clone();
+                let max_streams = reply.max_streams;
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         record_and_reply(Arc::clone(&recorder), reply.clone(), request)
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    let mut builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    if let Some(max) = max_streams {
+                        builder.http2().max_concurrent_streams(max);
+                    }
+                    let _ = builder
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
