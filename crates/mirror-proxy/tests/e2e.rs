@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 
 use support::{
     Answer, Gate, Proxy, Server, TempDir, client, eventually, get, run_to_exit, sample, send,
-    settled, within,
+    settled, target_named, within,
 };
 
 /// The one target in /stats with this URL.
@@ -1339,4 +1339,70 @@ async fn chunked_bodies_stream_through_and_are_mirrored() {
     assert_eq!(at_shadow.header("content-type"), "text/plain");
     assert_eq!(at_shadow.header("content-length"), "22");
     assert!(!at_shadow.headers.contains_key("transfer-encoding"));
+}
+
+/// 5b. A target whose connections are all busy: further mirrors are dropped at once and
+/// counted (`no_connection`), never queued; the exchanges that went out and hung show in
+/// `mirror_latency_seconds{outcome="timed_out"}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_target_drops_mirrors_for_want_of_a_connection() {
+    let upstream = Server::upstream().await;
+    let shadow = Server::shadow_answering(Answer::Never).await;
+    let dir = TempDir::new();
+    let config = dir.file(
+        "proxy.toml",
+        &format!(
+            r#"
+[[mirror]]
+name = "slow"
+url = "{}"
+max_connections = 2
+"#,
+            shadow.url
+        ),
+    );
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &upstream.url,
+        "--config",
+        config.to_str().unwrap(),
+        "--timeout",
+        "2s",
+    ])
+    .await;
+    let client = client();
+    for i in 0..5 {
+        let request = Request::get(proxy.url(&format!("/busy/{i}")))
+            .body(Full::default())
+            .unwrap();
+        assert_eq!(send(&client, request).await.status(), StatusCode::OK);
+    }
+    shadow.wait_for(2).await;
+    let stats = proxy
+        .wait_stats("two mirrors sent and three dropped", |s| {
+            let t = target_named(s, "slow");
+            t["sent"] == 2 && t["dropped_no_connection"] == 3
+        })
+        .await;
+    let t = target_named(&stats, "slow");
+    assert_eq!(t["connections"], 2, "{t:#}");
+    assert_eq!(t["in_flight"], 2, "{t:#}");
+    assert_eq!(shadow.count(), 2, "nothing waits to go out");
+
+    // The callback that records the latency runs before the counter moves: wait for both.
+    let latency = "mirror_latency_seconds_count{target=\"slow\",outcome=\"timed_out\"}";
+    let timed_out = "mirror_requests_total{target=\"slow\",outcome=\"timed_out\"}";
+    let text = proxy
+        .wait_metrics("the hung exchanges' latency", |text| {
+            sample(text, latency) == Some(2.0) && sample(text, timed_out) == Some(2.0)
+        })
+        .await;
+    assert_eq!(
+        sample(
+            &text,
+            "mirror_dropped_total{target=\"slow\",reason=\"no_connection\"}"
+        ),
+        Some(3.0),
+        "{text}"
+    );
 }

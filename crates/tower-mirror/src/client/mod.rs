@@ -62,14 +62,28 @@ where
     }
 }
 
-/// The default [`Sender`]: a pooled hyper client speaking HTTP/1.1 to `http` targets and
-/// HTTP/1.1 or HTTP/2 (as ALPN negotiates) to `https` targets, over rustls with verified
-/// certificates (Mozilla's root store, from `webpki-roots`). Requests marked `HTTP/2` (to
-/// targets with [`Target::http2`](crate::Target::http2)) go over HTTP/2 only, with prior
-/// knowledge on `http`.
+/// The default [`Sender`]: hyper speaking HTTP/1.1 to `http` targets and HTTP/1.1 or HTTP/2
+/// (as ALPN negotiates) to `https` targets, over rustls with verified certificates (Mozilla's
+/// root store, from `webpki-roots`). Targets with [`Target::http2`](crate::Target::http2) get
+/// HTTP/2 only, with prior knowledge on `http`. Redirects are never followed.
 ///
-/// Connections are kept alive and reused; idle ones are closed after 90 s. Redirects are never
-/// followed. Cloning shares the pool.
+/// **In a layer** (the default sender, or one given as
+/// [`Options::sender`](crate::Options::sender)), each target gets a connection pool of its
+/// own, kept across [`replace`](crate::MirrorHandle::replace)s that leave the target's URL,
+/// transport and connection limit alone. A mirror is sent only when a connection can take it
+/// at once: an idle HTTP/1.1 connection, a free HTTP/2 stream (within the target's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`; a new connection takes one stream until the target's
+/// SETTINGS arrive), or room for one more connection under
+/// [`Target::max_connections`](crate::Target::max_connections). Otherwise the mirror is
+/// dropped and counted (`dropped_no_connection`). An HTTP/2 target gets another connection
+/// when every stream of the open ones is taken. Connections are kept per thread (on
+/// mirror-proxy's single-threaded workers, a mirror and its connection stay on one), and a
+/// thread with none free borrows another's before opening one. Idle connections close after
+/// [`POOL_IDLE_TIMEOUT`](Self::POOL_IDLE_TIMEOUT); all close when the target is removed or
+/// the layer dropped.
+///
+/// **Called directly** through [`Sender::send`], it uses one shared pool without those limits,
+/// which clones share. The per-target pools belong to the layer.
 #[derive(Clone)]
 pub struct HttpSender {
     /// What the layer's per-target pools connect with.

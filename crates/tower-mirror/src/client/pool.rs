@@ -43,7 +43,7 @@ use crate::error::BoxError;
 use super::ShadowBody;
 
 /// How long an unused connection is kept open.
-pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const IDLE_TIMEOUT: Duration = super::HttpSender::POOL_IDLE_TIMEOUT;
 /// How often a shard with unused connections looks for expired ones.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Streams a new HTTP/2 connection takes until the peer's SETTINGS arrive. One, so that no
