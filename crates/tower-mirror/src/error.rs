@@ -190,6 +190,11 @@ fn is_connect_error(error: &(dyn StdError + 'static)) -> bool {
                 return true;
             }
         }
+        // The pool's connection closed before the request was written, and none other could
+        // take it: it never went out.
+        if err.is::<crate::client::pool::NotSent>() {
+            return true;
+        }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind as Io;
             if matches!(

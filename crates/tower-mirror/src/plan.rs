@@ -155,13 +155,19 @@ impl Plan {
                 .percentage
                 .store(percentage, std::sync::atomic::Ordering::Relaxed);
         }
-        let retired = previous.map_or_else(Box::default, |p| {
+        let retired: Box<[Arc<TargetRuntime>]> = previous.map_or_else(Box::default, |p| {
             p.targets
                 .iter()
                 .filter(|old| !targets.iter().any(|new| new.name() == old.name()))
                 .cloned()
                 .collect()
         });
+        // Checked: a removed target's idle connections close now, its busy ones after use.
+        for target in retired.iter() {
+            if let Transport::Pooled(pool) = &target.client {
+                pool.retire();
+            }
+        }
         let budget = previous
             .map(|p| &p.budget)
             .filter(|b| b.limit() == options.max_buffered_bytes)

@@ -217,3 +217,71 @@ async fn a_timeout_after_the_request_went_out_has_a_latency_and_a_refusal_has_no
     assert_eq!((stats.failed, stats.timed_out), (1, 0), "{stats:?}");
     assert_eq!(seen.lock().unwrap()[0], (false, None), "never went out");
 }
+
+/// A stream abandoned mid-exchange (here by the timeout) is reset, and h2 counts it until
+/// the reset is written: its connection takes no more streams and closes once free, so that
+/// no later mirror waits behind it.
+#[tokio::test]
+async fn an_http2_connection_with_an_abandoned_stream_is_retired() {
+    let gate = Gate::closed();
+    let shadow = Shadow::with_reply(Reply {
+        gate: Some(gate.clone()),
+        ..Reply::default()
+    })
+    .await;
+    let layer = layer(
+        Target::new(&shadow.url).with_http2().max_connections(1),
+        Duration::from_millis(200),
+    );
+    primary(&layer).await;
+    let stats = settled(&layer).await.targets.remove(0);
+    assert_eq!(stats.timed_out, 1, "{stats:?}");
+    support::eventually("the draining connection to close", || {
+        target(&layer).connections == 0
+    })
+    .await;
+
+    gate.open();
+    primary(&layer).await;
+    let stats = settled(&layer).await.targets.remove(0);
+    assert_eq!(stats.responded, 1, "{stats:?}");
+    assert_eq!(
+        shadow.connections(),
+        2,
+        "a new connection for the next mirror"
+    );
+}
+
+/// A removed target's idle connections close at once, not when the sweep finds them.
+#[tokio::test]
+async fn a_removed_target_closes_its_connections() {
+    let kept = Shadow::start().await;
+    let removed = Shadow::start().await;
+    let options = |targets: Vec<Target>| Options {
+        targets,
+        ..Options::default()
+    };
+    let layer = MirrorLayer::with_options(options(vec![
+        Target::new(&kept.url).with_name("kept"),
+        Target::new(&removed.url).with_name("removed"),
+    ]))
+    .unwrap();
+    primary(&layer).await;
+    let stats = settled(&layer).await;
+    assert_eq!(stats.targets[1].connections, 1, "{stats:?}");
+
+    layer
+        .handle()
+        .replace(options(vec![Target::new(&kept.url).with_name("kept")]))
+        .unwrap();
+    support::eventually("the removed target's connection to close", || {
+        let stats = layer.stats();
+        stats.targets[1].removed && stats.targets[1].connections == 0
+    })
+    .await;
+    assert_eq!(
+        layer.stats().targets[0].connections,
+        1,
+        "the kept one stays"
+    );
+}

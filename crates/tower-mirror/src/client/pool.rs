@@ -19,7 +19,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -44,12 +44,22 @@ use super::ShadowBody;
 
 /// How long an unused connection is kept open.
 const IDLE_TIMEOUT: Duration = super::HttpSender::POOL_IDLE_TIMEOUT;
-/// How often a shard with unused connections looks for expired ones.
+/// How often a shard with connections looks for expired ones.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Streams a new HTTP/2 connection takes until the peer's SETTINGS arrive. One, so that no
 /// stream ever waits inside h2 for a limit the peer turns out to set lower (h2 then takes
 /// the peer's value, or no limit when its first SETTINGS names none, RFC 9113 §6.5.2).
 const INITIAL_MAX_STREAMS: usize = 1;
+/// How long an HTTP/1.1 connection whose response was read may take to be ready for the
+/// next request (its request body still going out) before it is closed instead of kept.
+const READY_WAIT: Duration = Duration::from_secs(5);
+
+/// Milliseconds on a process-wide clock, for idle times kept in atomics.
+fn now_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
 
 /// The protocol a pool speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +129,17 @@ impl Pool {
         self.open.load(Ordering::Relaxed)
     }
 
+    /// The target was removed: its unused connections close now, and those in use close
+    /// when their exchange ends instead of going back to the pool.
+    pub(crate) fn retire(&self) {
+        for shard in lock(&self.shards).iter() {
+            let mut state = shard.lock();
+            state.retired = true;
+            state.idle.clear();
+            state.h2.clear();
+        }
+    }
+
     /// A place for one request that can be written at once, or `None` when every connection
     /// is busy and no other may be opened. Never waits.
     pub(crate) fn reserve(self: &Arc<Self>) -> Option<Lease> {
@@ -134,11 +155,12 @@ impl Pool {
         }
         let guard = OpenGuard::try_new(&self.open, self.max_connections)?;
         let kind = if self.protocol == Protocol::Http2 {
-            // Registered at once, so that once the peer's SETTINGS arrive the next mirrors
-            // share its streams.
-            let conn = Arc::new(H2Conn::connecting(guard));
-            shard.push_h2(Arc::clone(&conn));
-            LeaseKind::Stream(StreamSlot::take(conn))
+            // Its one stream is ours before anyone can see it. Registered at once, so that
+            // once the peer's SETTINGS arrive the next mirrors share its streams.
+            let conn = Arc::new(H2Conn::new(Some(guard), &shard));
+            let slot = StreamSlot::take(Arc::clone(&conn));
+            shard.push_h2(conn);
+            LeaseKind::Stream(slot)
         } else {
             LeaseKind::Connect(guard)
         };
@@ -149,26 +171,33 @@ impl Pool {
         Lease {
             pool: Arc::clone(self),
             shard,
-            kind,
+            kind: Some(kind),
         }
     }
 
-    /// A free stream or idle connection of another thread's shard.
+    /// A free stream or idle connection of another thread's shard, looking first at the
+    /// shard after this thread's, so that threads do not all raid the same one.
     fn steal(self: &Arc<Self>, own: &Arc<Shard>) -> Option<Lease> {
         let shards: Vec<Arc<Shard>> = {
             let shards = lock(&self.shards);
             if shards.len() < 2 {
                 return None;
             }
-            shards.clone()
+            let start = shards
+                .iter()
+                .position(|shard| Arc::ptr_eq(shard, own))
+                .map_or(0, |i| i + 1);
+            shards[start..]
+                .iter()
+                .chain(&shards[..start])
+                .filter(|shard| !Arc::ptr_eq(shard, own))
+                .cloned()
+                .collect()
         };
-        shards
-            .into_iter()
-            .filter(|shard| !Arc::ptr_eq(shard, own))
-            .find_map(|shard| {
-                let free = shard.lock().take_free();
-                free.map(|kind| self.lease(shard, kind))
-            })
+        shards.into_iter().find_map(|shard| {
+            let free = shard.lock().take_free();
+            free.map(|kind| self.lease(shard, kind))
+        })
     }
 
     /// This thread's shard of the pool.
@@ -185,7 +214,10 @@ impl Pool {
             shards.retain(|(id, shard)| *id != self.id && shard.strong_count() > 0);
             let shard = Arc::new(Shard::default());
             shards.push((self.id, Arc::downgrade(&shard)));
-            lock(&self.shards).push(Arc::clone(&shard));
+            let mut all = lock(&self.shards);
+            // A thread that ended leaves a shard no one will look up: forget it once empty.
+            all.retain(|shard| Arc::strong_count(shard) > 1 || !shard.lock().is_empty());
+            all.push(Arc::clone(&shard));
             shard
         })
     }
@@ -223,6 +255,7 @@ impl fmt::Debug for Pool {
 }
 
 type Io = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
+type H2Connection = http2::Connection<Io, MirrorBody, TokioExecutor>;
 
 // Short-lived: moved once, the connection into its task.
 #[allow(clippy::large_enum_variant)]
@@ -231,10 +264,7 @@ enum Connected {
         http1::SendRequest<MirrorBody>,
         http1::Connection<Io, MirrorBody>,
     ),
-    Http2(
-        http2::SendRequest<MirrorBody>,
-        http2::Connection<Io, MirrorBody, TokioExecutor>,
-    ),
+    Http2(http2::SendRequest<MirrorBody>, H2Connection),
 }
 
 /// One thread's connections of a pool.
@@ -253,6 +283,8 @@ struct ShardState {
     /// Held while a sweeper task runs for this shard; the task ends when it is dropped
     /// (with the shard), so that no task outlives the pool.
     sweeper: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The pool's target was removed: nothing goes back into this shard.
+    retired: bool,
 }
 
 struct Idle {
@@ -267,6 +299,9 @@ impl Shard {
 
     fn push_idle(self: &Arc<Self>, send: http1::SendRequest<MirrorBody>) {
         let mut state = self.lock();
+        if state.retired {
+            return;
+        }
         state.idle.push(Idle {
             send,
             since: Instant::now(),
@@ -276,6 +311,9 @@ impl Shard {
 
     fn push_h2(self: &Arc<Self>, conn: Arc<H2Conn>) {
         let mut state = self.lock();
+        if state.retired {
+            return;
+        }
         state.h2.push(conn);
         self.sweep_later(&mut state);
     }
@@ -290,18 +328,21 @@ impl Shard {
         };
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         state.sweeper = Some(stop);
-        let shard = Arc::downgrade(self);
+        // Cleared however the task ends, even dropped with its runtime, so that the next
+        // connection starts another.
+        let running = SweeperRunning(Arc::downgrade(self));
         runtime.spawn(async move {
             // Until the shard goes (its `stop` dropped), every SWEEP_EVERY.
             while tokio::time::timeout(SWEEP_EVERY, &mut stopped)
                 .await
                 .is_err()
             {
-                let Some(shard) = shard.upgrade() else { return };
+                let Some(shard) = running.0.upgrade() else {
+                    return;
+                };
                 let mut state = shard.lock();
                 state.sweep();
-                if state.idle.is_empty() && state.h2.is_empty() {
-                    state.sweeper = None;
+                if state.is_empty() {
                     return;
                 }
             }
@@ -309,7 +350,22 @@ impl Shard {
     }
 }
 
+/// Owned by a shard's sweeper task: marks the shard as having none when the task ends.
+struct SweeperRunning(Weak<Shard>);
+
+impl Drop for SweeperRunning {
+    fn drop(&mut self) {
+        if let Some(shard) = self.0.upgrade() {
+            shard.lock().sweeper = None;
+        }
+    }
+}
+
 impl ShardState {
+    fn is_empty(&self) -> bool {
+        self.idle.is_empty() && self.h2.is_empty()
+    }
+
     /// A free HTTP/2 stream, else an idle HTTP/1.1 connection.
     fn take_free(&mut self) -> Option<LeaseKind> {
         if let Some(slot) = self.free_stream() {
@@ -322,12 +378,9 @@ impl ShardState {
         if self.h2.is_empty() {
             return None;
         }
-        self.h2
-            .retain(|conn| !conn.shared.closed.load(Ordering::Relaxed));
-        self.h2
-            .iter()
-            .find(|conn| conn.try_take())
-            .map(|conn| StreamSlot(Arc::clone(conn)))
+        self.h2.retain(|conn| conn.usable());
+        let conn = self.h2.iter().find(|conn| conn.try_take())?;
+        Some(StreamSlot::taken(Arc::clone(conn)))
     }
 
     fn idle_http1(&mut self) -> Option<http1::SendRequest<MirrorBody>> {
@@ -340,21 +393,17 @@ impl ShardState {
         None
     }
 
-    /// Drops idle HTTP/1.1 connections past [`IDLE_TIMEOUT`] and HTTP/2 connections that
-    /// had no stream for as long (three sweeps in a row).
+    /// Drops idle HTTP/1.1 connections past [`IDLE_TIMEOUT`], and HTTP/2 connections that
+    /// had no stream for as long, or that are closed or draining.
     fn sweep(&mut self) {
         self.idle
             .retain(|idle| idle.since.elapsed() < IDLE_TIMEOUT && !idle.send.is_closed());
-        let unused_sweeps = (IDLE_TIMEOUT.as_secs() / SWEEP_EVERY.as_secs()) as u32;
+        let now = now_ms();
         self.h2.retain(|conn| {
-            if conn.shared.closed.load(Ordering::Relaxed) {
-                return false;
-            }
-            if conn.active.load(Ordering::Acquire) > 0 {
-                conn.unused_sweeps.store(0, Ordering::Relaxed);
-                return true;
-            }
-            conn.unused_sweeps.fetch_add(1, Ordering::Relaxed) + 1 < unused_sweeps
+            conn.usable()
+                && (conn.active.load(Ordering::Acquire) > 0
+                    || now.saturating_sub(conn.last_used.load(Ordering::Relaxed))
+                        < IDLE_TIMEOUT.as_millis() as u64)
         });
     }
 }
@@ -367,46 +416,68 @@ struct H2Conn {
     guard: Mutex<Option<OpenGuard>>,
     /// Streams taken, by mirrors sending or about to.
     active: AtomicUsize,
-    unused_sweeps: AtomicU32,
+    /// When a stream was last taken or given back ([`now_ms`]).
+    last_used: AtomicU64,
+    /// A stream was abandoned mid-exchange (a timeout, a body left unread): h2 still counts
+    /// it until its RST_STREAM is written, so this connection takes no more streams and
+    /// closes once its own end.
+    draining: AtomicBool,
     /// What the connection's task reports. Not the `SendRequest`: holding that would keep
     /// the connection open after the pool let it go.
     shared: Arc<H2Shared>,
+    /// The shard that lists it, which lets go of it when it starts draining.
+    home: Weak<Shard>,
 }
 
 struct H2Shared {
     /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS, as last read from the connection.
     max_streams: AtomicUsize,
+    /// The peer's first SETTINGS have been seen (the limit is no longer the initial one).
+    settled: AtomicBool,
     closed: AtomicBool,
     /// The connection, polled by its task. hyper drives the HTTP/2 frames in a task of its
     /// own, so the peer's SETTINGS change h2's state without this one being polled: the
-    /// stream limit is read from here when the cached value may be stale.
+    /// stream limit is read from here until they have arrived.
     connection: Mutex<Option<H2Connection>>,
 }
 
-type H2Connection = http2::Connection<Io, MirrorBody, TokioExecutor>;
-
 impl H2Shared {
-    /// The peer's stream limit now, cached; `None` once the connection is gone.
+    /// Reads the peer's stream limit from the connection; `None` once it is gone.
     fn refresh(&self) -> Option<usize> {
         let max = lock(&self.connection).as_ref()?.current_max_send_streams();
-        self.max_streams.store(max, Ordering::Relaxed);
+        self.learn(max);
         Some(max)
+    }
+
+    fn learn(&self, max: usize) {
+        self.max_streams.store(max, Ordering::Relaxed);
+        if max != INITIAL_MAX_STREAMS {
+            self.settled.store(true, Ordering::Relaxed);
+        }
     }
 }
 
 impl H2Conn {
-    fn connecting(guard: OpenGuard) -> Self {
+    fn new(guard: Option<OpenGuard>, home: &Arc<Shard>) -> Self {
         Self {
+            home: Arc::downgrade(home),
             ready: OnceCell::new(),
-            guard: Mutex::new(Some(guard)),
+            guard: Mutex::new(guard),
             active: AtomicUsize::new(0),
-            unused_sweeps: AtomicU32::new(0),
+            last_used: AtomicU64::new(now_ms()),
+            draining: AtomicBool::new(false),
             shared: Arc::new(H2Shared {
                 max_streams: AtomicUsize::new(INITIAL_MAX_STREAMS),
+                settled: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 connection: Mutex::new(None),
             }),
         }
+    }
+
+    /// May take new streams: neither closed nor draining.
+    fn usable(&self) -> bool {
+        !self.shared.closed.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
     }
 
     /// Takes a stream if one is free.
@@ -419,17 +490,19 @@ impl H2Conn {
                 .is_ok()
         };
         let cached = self.shared.max_streams.load(Ordering::Relaxed);
-        if take(cached) {
-            return true;
+        let taken = take(cached)
+            // Full as far as we know. Until the peer's first SETTINGS the limit is one
+            // stream: see whether they have arrived. (Later changes are read whenever a
+            // request goes through the connection's task.)
+            || (!self.shared.settled.load(Ordering::Relaxed)
+                && self
+                    .shared
+                    .refresh()
+                    .is_some_and(|max| max != cached && take(max)));
+        if taken {
+            self.last_used.store(now_ms(), Ordering::Relaxed);
         }
-        // Full as far as we know. Until the peer's first SETTINGS the limit is one stream;
-        // look whether they have arrived. (Later changes are read whenever a request goes
-        // through the connection's task.)
-        cached == INITIAL_MAX_STREAMS
-            && self
-                .shared
-                .refresh()
-                .is_some_and(|max| max != cached && take(max))
+        taken
     }
 
     /// The connection's sender, opening the connection if no one has yet.
@@ -437,9 +510,11 @@ impl H2Conn {
         let ready = self
             .ready
             .get_or_init(|| async {
+                // If this is abandoned half-way (its mirror timed out), no one else may wait
+                // for it: the next mirror opens a connection of its own.
+                let abandoned = ClosedUnlessDone(&self.shared.closed, false);
                 let guard = lock(&self.guard).take();
                 let result = match guard {
-                    // An earlier attempt was abandoned half-way (its mirror timed out).
                     None => Err("connecting was abandoned".into()),
                     Some(guard) => match pool.connect().await {
                         Ok(Connected::Http2(send, connection)) => {
@@ -450,10 +525,9 @@ impl H2Conn {
                         Err(error) => Err(error),
                     },
                 };
-                result.map_err(|error| {
-                    self.shared.closed.store(true, Ordering::Relaxed);
-                    ConnectFailed(Arc::from(error))
-                })
+                let result = result.map_err(|error| ConnectFailed(Arc::from(error)));
+                abandoned.done(result.is_ok());
+                result
             })
             .await;
         match ready {
@@ -463,25 +537,57 @@ impl H2Conn {
     }
 }
 
+/// Sets a `closed` flag when dropped, unless told the work succeeded.
+struct ClosedUnlessDone<'a>(&'a AtomicBool, bool);
+
+impl ClosedUnlessDone<'_> {
+    fn done(mut self, ok: bool) {
+        self.1 = ok;
+    }
+}
+
+impl Drop for ClosedUnlessDone<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Runs an HTTP/2 connection, reading the peer's stream limit each time it is polled.
 fn spawn_http2(connection: H2Connection, guard: OpenGuard, shared: Arc<H2Shared>) {
     *lock(&shared.connection) = Some(connection);
+    // Owned by the task: however it ends, even dropped with its runtime, the connection is
+    // marked closed and let go, and stops counting.
+    let running = H2Running {
+        shared,
+        _open: guard,
+    };
     tokio::spawn(async move {
-        let _open = guard;
         poll_fn(|cx| {
-            let mut connection = lock(&shared.connection);
-            let Some(running) = connection.as_mut() else {
+            let mut connection = lock(&running.shared.connection);
+            let Some(open) = connection.as_mut() else {
                 return Poll::Ready(());
             };
-            let polled = Pin::new(&mut *running).poll(cx);
-            let max = running.current_max_send_streams();
-            shared.max_streams.store(max, Ordering::Relaxed);
+            let polled = Pin::new(&mut *open).poll(cx);
+            running.shared.learn(open.current_max_send_streams());
             polled.map(drop)
         })
         .await;
-        shared.closed.store(true, Ordering::Relaxed);
-        lock(&shared.connection).take();
+        drop(running);
     });
+}
+
+struct H2Running {
+    shared: Arc<H2Shared>,
+    _open: OpenGuard,
+}
+
+impl Drop for H2Running {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
+        lock(&self.shared.connection).take();
+    }
 }
 
 fn spawn_http1(connection: http1::Connection<Io, MirrorBody>, guard: OpenGuard) {
@@ -507,6 +613,27 @@ impl StdError for ConnectFailed {
     }
 }
 
+/// A request the target's connection closed before it was written, and no other could
+/// take it: it never went out (a connect error, with no latency).
+#[derive(Debug)]
+pub(crate) struct NotSent(pub(crate) hyper::Error);
+
+impl fmt::Display for NotSent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the connection closed before the request went out: {}",
+            self.0
+        )
+    }
+}
+
+impl StdError for NotSent {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&self.0)
+    }
+}
+
 /// One of the pool's connections, counted while it is open or being opened.
 struct OpenGuard(Arc<AtomicUsize>);
 
@@ -526,27 +653,48 @@ impl Drop for OpenGuard {
     }
 }
 
-/// A stream taken on an HTTP/2 connection, given back when dropped.
-struct StreamSlot(Arc<H2Conn>);
+/// A stream taken on an HTTP/2 connection, given back when dropped. One dropped before its
+/// exchange finished leaves the connection draining.
+struct StreamSlot {
+    conn: Arc<H2Conn>,
+    finished: bool,
+}
 
 impl StreamSlot {
+    /// Takes a stream on a connection no one else can see yet.
     fn take(conn: Arc<H2Conn>) -> Self {
         conn.active.fetch_add(1, Ordering::AcqRel);
-        Self(conn)
+        Self::taken(conn)
+    }
+
+    /// The stream [`H2Conn::try_take`] took.
+    fn taken(conn: Arc<H2Conn>) -> Self {
+        Self {
+            conn,
+            finished: false,
+        }
     }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        if !self.finished && !self.conn.draining.swap(true, Ordering::Relaxed) {
+            // Out of the list now, so that once its streams end nothing holds it and the
+            // connection closes.
+            if let Some(shard) = self.conn.home.upgrade() {
+                shard.lock().h2.retain(|c| !Arc::ptr_eq(c, &self.conn));
+            }
+        }
+        self.conn.last_used.store(now_ms(), Ordering::Relaxed);
+        self.conn.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// A place for one request, from [`Pool::reserve`]. Dropping it gives the place back.
+/// A place for one request, from [`Pool::reserve`]. Dropping it unused gives the place back.
 pub(crate) struct Lease {
     pool: Arc<Pool>,
     shard: Arc<Shard>,
-    kind: LeaseKind,
+    kind: Option<LeaseKind>,
 }
 
 enum LeaseKind {
@@ -556,39 +704,101 @@ enum LeaseKind {
 }
 
 impl Lease {
-    /// The connection, opened if the lease is for a new one. Errors are connect errors: the
-    /// request has not gone out.
-    pub(crate) async fn connect(self) -> Result<Ready, BoxError> {
-        let Self { pool, shard, kind } = self;
-        match kind {
-            LeaseKind::Http1(send) => Ok(Ready(ReadyKind::Http1 { send, shard })),
-            LeaseKind::Stream(slot) => {
-                let send = slot.0.sender(&pool).await?;
-                Ok(Ready(ReadyKind::Http2 { send, slot }))
-            }
-            LeaseKind::Connect(guard) => match pool.connect().await? {
-                Connected::Http1(send, connection) => {
-                    spawn_http1(connection, guard);
-                    Ok(Ready(ReadyKind::Http1 { send, shard }))
-                }
-                Connected::Http2(send, connection) => {
-                    // ALPN chose HTTP/2: from now on this connection takes the target's
-                    // mirrors by streams.
-                    let conn = Arc::new(H2Conn::connecting(guard));
-                    let guard = lock(&conn.guard).take().expect("just made");
-                    spawn_http2(connection, guard, Arc::clone(&conn.shared));
-                    let _ = conn.ready.set(Ok(send.clone()));
-                    let slot = StreamSlot::take(Arc::clone(&conn));
-                    shard.push_h2(conn);
-                    Ok(Ready(ReadyKind::Http2 { send, slot }))
-                }
+    /// The connection, opened if the lease is for a new one: at once when it is open (no
+    /// allocation), else a boxed future. Errors are connect errors: the request has not
+    /// gone out.
+    pub(crate) fn connect(mut self) -> Connecting {
+        let pool = Arc::clone(&self.pool);
+        let shard = Arc::clone(&self.shard);
+        let kind = match self.kind.take() {
+            None => return Connecting::Done(Some(Err("the lease was used".into()))),
+            Some(LeaseKind::Http1(send)) => ReadyKind::Http1 { send, shard },
+            Some(LeaseKind::Stream(slot)) => match slot.conn.ready.get() {
+                Some(Ok(send)) => ReadyKind::Http2 {
+                    send: send.clone(),
+                    slot,
+                },
+                _ => return Connecting::Opening(Box::pin(open_stream(pool, slot))),
             },
+            Some(LeaseKind::Connect(guard)) => {
+                return Connecting::Opening(Box::pin(open(pool, shard, guard)));
+            }
+        };
+        Connecting::Done(Some(Ok(Ready { pool, kind })))
+    }
+}
+
+/// A stream on an HTTP/2 connection being opened (by this mirror or another).
+async fn open_stream(pool: Arc<Pool>, mut slot: StreamSlot) -> Result<Ready, BoxError> {
+    match slot.conn.sender(&pool).await {
+        Ok(send) => Ok(Ready {
+            pool,
+            kind: ReadyKind::Http2 { send, slot },
+        }),
+        Err(error) => {
+            // Nothing was sent on it: no reset to wait for.
+            slot.finished = true;
+            Err(error)
+        }
+    }
+}
+
+/// A new connection, HTTP/1.1 or (as ALPN or the target says) HTTP/2.
+async fn open(pool: Arc<Pool>, shard: Arc<Shard>, guard: OpenGuard) -> Result<Ready, BoxError> {
+    let kind = match pool.connect().await? {
+        Connected::Http1(send, connection) => {
+            spawn_http1(connection, guard);
+            ReadyKind::Http1 { send, shard }
+        }
+        Connected::Http2(send, connection) => {
+            // ALPN chose HTTP/2: from now on this connection takes the target's mirrors by
+            // streams.
+            let conn = Arc::new(H2Conn::new(None, &shard));
+            spawn_http2(connection, guard, Arc::clone(&conn.shared));
+            let _ = conn.ready.set(Ok(send.clone()));
+            let slot = StreamSlot::take(Arc::clone(&conn));
+            shard.push_h2(conn);
+            ReadyKind::Http2 { send, slot }
+        }
+    };
+    Ok(Ready { pool, kind })
+}
+
+/// What [`Lease::connect`] returns.
+pub(crate) enum Connecting {
+    Done(Option<Result<Ready, BoxError>>),
+    Opening(Pin<Box<dyn Future<Output = Result<Ready, BoxError>> + Send>>),
+}
+
+impl Future for Connecting {
+    type Output = Result<Ready, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Self::Done(done) => {
+                Poll::Ready(done.take().unwrap_or_else(|| Err("polled again".into())))
+            }
+            Self::Opening(opening) => opening.as_mut().poll(cx),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        match self.kind.take() {
+            // Taken and never used: an idle connection goes back as it was.
+            Some(LeaseKind::Http1(send)) => self.shard.push_idle(send),
+            Some(LeaseKind::Stream(mut slot)) => slot.finished = true,
+            _ => {}
         }
     }
 }
 
 /// An open connection with room for one request.
-pub(crate) struct Ready(ReadyKind);
+pub(crate) struct Ready {
+    pool: Arc<Pool>,
+    kind: ReadyKind,
+}
 
 enum ReadyKind {
     Http1 {
@@ -601,28 +811,78 @@ enum ReadyKind {
     },
 }
 
+/// Why a request got no response: it came back unsent, or it failed.
+enum Unsent {
+    // Boxed: the rare case, kept off the size of every send future.
+    Back(Box<Request<MirrorBody>>, hyper::Error),
+    Failed(BoxError),
+}
+
 impl Ready {
     /// Writes `request` and resolves to the response head. The connection (or stream) is
     /// given back when the response body is dropped; an HTTP/1.1 connection goes back to the
     /// idle list only if its response was read to the end.
-    pub(crate) fn send(self, mut request: Request<MirrorBody>) -> Sending {
-        match self.0 {
-            ReadyKind::Http1 { mut send, shard } => {
+    ///
+    /// If the connection closed before the request could be written (a target that closes
+    /// idle connections races with us), it is sent once more on another connection the
+    /// pool can give at once; failing that, the error is [`NotSent`].
+    pub(crate) fn send(self, request: Request<MirrorBody>) -> Sending {
+        Box::pin(async move {
+            let Self { pool, kind } = self;
+            let (request, closed) = match kind.send(request, &pool.origin).await {
+                Ok(response) => return Ok(response),
+                Err(Unsent::Failed(error)) => return Err(error),
+                Err(Unsent::Back(request, closed)) => (request, closed),
+            };
+            let Some(lease) = pool.reserve() else {
+                return Err(Box::new(NotSent(closed)) as BoxError);
+            };
+            let ready = lease.connect().await?;
+            match ready.kind.send(*request, &pool.origin).await {
+                Ok(response) => Ok(response),
+                Err(Unsent::Failed(error)) => Err(error),
+                Err(Unsent::Back(_, closed)) => Err(Box::new(NotSent(closed)) as BoxError),
+            }
+        })
+    }
+}
+
+impl ReadyKind {
+    async fn send(
+        self,
+        mut request: Request<MirrorBody>,
+        origin: &Uri,
+    ) -> Result<Response<ShadowBody>, Unsent> {
+        let unsent = |mut error: hyper::client::conn::TrySendError<Request<MirrorBody>>| match error
+            .take_message()
+        {
+            Some(request) => Unsent::Back(Box::new(request), error.into_error()),
+            None => Unsent::Failed(error.into_error().into()),
+        };
+        match self {
+            Self::Http1 { mut send, shard } => {
                 to_origin_form(&mut request);
                 *request.version_mut() = Version::HTTP_11;
-                let response = send.send_request(request);
-                Box::pin(async move {
-                    let response = response.await?;
-                    Ok(response.map(|body| KeptBody::boxed(body, Keep::Http1(send, shard))))
-                })
+                match send.try_send_request(request).await {
+                    Ok(response) => {
+                        Ok(response.map(|body| KeptBody::boxed(body, Keep::Http1(send, shard))))
+                    }
+                    Err(error) => Err(unsent(error)),
+                }
             }
-            ReadyKind::Http2 { mut send, slot } => {
+            Self::Http2 { mut send, mut slot } => {
+                to_absolute_form(&mut request, origin);
                 *request.version_mut() = Version::HTTP_2;
-                let response = send.send_request(request);
-                Box::pin(async move {
-                    let response = response.await?;
-                    Ok(response.map(|body| KeptBody::boxed(body, Keep::Http2(slot))))
-                })
+                match send.try_send_request(request).await {
+                    Ok(response) => {
+                        Ok(response.map(|body| KeptBody::boxed(body, Keep::Http2(slot))))
+                    }
+                    Err(error) => {
+                        // The stream failed or never opened: h2 no longer counts it.
+                        slot.finished = true;
+                        Err(unsent(error))
+                    }
+                }
             }
         }
     }
@@ -651,11 +911,24 @@ fn to_origin_form(request: &mut Request<MirrorBody>) {
     *request.uri_mut() = Uri::from(path);
 }
 
+/// HTTP/2 takes the scheme and authority from the URI (`:scheme`, `:authority`, RFC 9113
+/// §8.3.1): a request that came back from an HTTP/1.1 connection has the origin form.
+fn to_absolute_form(request: &mut Request<MirrorBody>, origin: &Uri) {
+    if request.uri().authority().is_some() {
+        return;
+    }
+    let mut parts = request.uri().clone().into_parts();
+    parts.scheme = origin.scheme().cloned();
+    parts.authority = origin.authority().cloned();
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
+}
+
 /// What a response body gives back when dropped.
 enum Keep {
     Http1(http1::SendRequest<MirrorBody>, Arc<Shard>),
-    /// Held only to be dropped with the body.
-    Http2(#[allow(dead_code)] StreamSlot),
+    Http2(StreamSlot),
 }
 
 /// A response body that gives its connection (or stream) back when dropped.
@@ -703,17 +976,27 @@ impl Body for KeptBody {
 
 impl Drop for KeptBody {
     fn drop(&mut self) {
-        let Some(Keep::Http1(mut send, shard)) = self.keep.take() else {
-            return;
+        let ended = self.ended || self.body.is_end_stream();
+        let (mut send, shard) = match self.keep.take() {
+            Some(Keep::Http1(send, shard)) => (send, shard),
+            // A stream whose body was read to its end is closed in h2 too; one left unread
+            // is reset, and counts there until the reset is written.
+            Some(Keep::Http2(mut slot)) => {
+                slot.finished = ended;
+                return;
+            }
+            None => return,
         };
         if send.is_ready() {
             shard.push_idle(send);
-        } else if !send.is_closed() && (self.ended || self.body.is_end_stream()) {
-            // Read to the end, but the connection's task has not yet taken note: wait for it
-            // off the request path.
+        } else if !send.is_closed() && ended {
+            // Read to the end, but the connection's task has not yet taken note (or the
+            // request body is still going out): wait for it off the request path, a while.
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let shard = Arc::downgrade(&shard);
                 runtime.spawn(async move {
-                    if send.ready().await.is_ok() {
+                    let ready = tokio::time::timeout(READY_WAIT, send.ready()).await;
+                    if let (Ok(Ok(())), Some(shard)) = (ready, shard.upgrade()) {
                         shard.push_idle(send);
                     }
                 });
