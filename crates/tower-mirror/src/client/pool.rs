@@ -54,6 +54,9 @@ const INITIAL_MAX_STREAMS: usize = 1;
 /// next request (its request body still going out) before it is closed instead of kept.
 const READY_WAIT: Duration = Duration::from_secs(5);
 
+/// The read buffer of an HTTP/1.1 connection, in bytes.
+const READ_BUFFER: usize = 4096;
+
 /// Milliseconds on a process-wide clock, for idle times kept in atomics.
 fn now_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -237,7 +240,13 @@ impl Pool {
                 .await?;
             Ok(Connected::Http2(send, connection))
         } else {
-            let (send, connection) = http1::Builder::new().handshake(io).await?;
+            // A slow target holds a connection per mirror in flight: read in 4 KiB steps
+            // instead of hyper's adaptive 8 KiB and up, which halves the read buffer each
+            // waiting connection keeps (its 8 KiB write buffer is fixed in hyper).
+            let (send, connection) = http1::Builder::new()
+                .read_buf_exact_size(Some(READ_BUFFER))
+                .handshake(io)
+                .await?;
             Ok(Connected::Http1(send, connection))
         }
     }
