@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use tower_mirror::outbound::BaseUrl;
-use tower_mirror::{Options, RateLimit, SampleKey, Target};
+use tower_mirror::{Options, RateLimit, RecordFile, SampleKey, Target};
 
 use crate::units::{parse_duration, parse_size};
 
@@ -129,7 +129,9 @@ pub struct RunArgs {
     /// sample_by ("header:NAME", "cookie:NAME", "query:NAME" or "client_ip"), rate ("200/s",
     /// "10/m", "1000/h"), max_connections (default 1024), methods, paths and exclude_paths (prefixes on segment
     /// boundaries), path_regex, headers ({ name = "exact value" }), rewrite_path
-    /// ({ from = REGEX, to = REPLACEMENT }), compare, baseline; and a `[diff]` table.
+    /// ({ from = REGEX, to = REPLACEMENT }), compare, baseline; for a recording target
+    /// (url = "file:///path/traffic.ndjson") rotate_size, rotate_after, keep_files, gzip; and a
+    /// `[diff]` table.
     #[arg(long, value_name = "FILE", env = "MIRROR_PROXY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Log format on stderr [default: text].
@@ -276,6 +278,15 @@ struct FileMirror {
     rate: Option<String>,
     /// At most this many connections to the target (default 1024).
     max_connections: Option<usize>,
+    /// A recording target (`file://`): start a new file past this size ("256MiB").
+    rotate_size: Option<String>,
+    /// A recording target: start a new file once the current one is this old ("1h").
+    rotate_after: Option<String>,
+    /// A recording target: keep this many rotated files.
+    keep_files: Option<usize>,
+    /// A recording target: gzip the rotated files.
+    #[serde(default)]
+    gzip: bool,
     /// Only these methods.
     #[serde(default)]
     methods: Vec<String>,
@@ -373,7 +384,35 @@ impl FileMirror {
         if let Some(rewrite) = self.rewrite_path {
             target = target.rewrite_path(rewrite.from, rewrite.to);
         }
-        Ok(target)
+        let recording = [
+            ("rotate_size", self.rotate_size.is_some()),
+            ("rotate_after", self.rotate_after.is_some()),
+            ("keep_files", self.keep_files.is_some()),
+            ("gzip", self.gzip),
+        ];
+        let is_file = target
+            .url
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("file://"));
+        if let Some((key, _)) = recording.iter().find(|(_, set)| *set).filter(|_| !is_file) {
+            return Err(invalid(
+                key,
+                "only for a recording target (url = \"file:///…\")".to_owned(),
+            ));
+        }
+        let mut record = RecordFile::default().gzip(self.gzip);
+        if let Some(size) = &self.rotate_size {
+            let bytes = parse_size(size).map_err(|e| invalid("rotate_size", e))?;
+            record = record.rotate_bytes(bytes as u64);
+        }
+        if let Some(age) = &self.rotate_after {
+            let age = parse_duration(age).map_err(|e| invalid("rotate_after", e))?;
+            record = record.rotate_after(age);
+        }
+        if let Some(keep) = self.keep_files {
+            record = record.keep_files(keep);
+        }
+        Ok(target.record_file(record))
     }
 }
 

@@ -1406,3 +1406,69 @@ max_connections = 2
         "{text}"
     );
 }
+
+/// 5c. A recording target writes each mirror it takes as one NDJSON line, counted as
+/// responded; a path that cannot be written stops the start with exit 2 naming the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_target_writes_one_line_per_mirror() {
+    let upstream = Server::upstream().await;
+    let dir = TempDir::new();
+    let file = dir.path().join("traffic.ndjson");
+    let config = dir.file(
+        "proxy.toml",
+        &format!(
+            r#"
+[[mirror]]
+name = "recording"
+url = "file://{}"
+paths = ["/api"]
+"#,
+            file.display()
+        ),
+    );
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &upstream.url,
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .await;
+    let client = client();
+    for path in ["/api/a?x=1", "/other", "/api/b"] {
+        let request = Request::post(proxy.url(path))
+            .body(Full::new(Bytes::from(format!("body of {path}"))))
+            .unwrap();
+        assert_eq!(send(&client, request).await.status(), StatusCode::OK);
+    }
+    proxy
+        .wait_stats("two records written", |s| {
+            target_named(s, "recording")["responded"] == 2
+        })
+        .await;
+    let text = std::fs::read_to_string(&file).unwrap();
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let uris: Vec<&str> = records.iter().map(|r| r["uri"].as_str().unwrap()).collect();
+    assert_eq!(uris, ["/api/a?x=1", "/api/b"]);
+    assert_eq!(records[0]["body"]["base64"], "Ym9keSBvZiAvYXBpL2E/eD0x");
+
+    let bad = dir.file(
+        "bad.toml",
+        "[[mirror]]\nname = \"recording\"\nurl = \"file:///no/such/dir/t.ndjson\"\n",
+    );
+    let (status, _, stderr) = run_to_exit(&[
+        "--upstream",
+        &upstream.url,
+        "--config",
+        bad.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("recording") && stderr.contains("/no/such/dir/t.ndjson"),
+        "{stderr}"
+    );
+}

@@ -96,6 +96,7 @@ pub mod outbound;
 mod error;
 pub mod observe;
 mod response;
+mod sink;
 mod stats;
 
 #[cfg(feature = "diff")]
@@ -143,4 +144,4 @@ pub use outbound::X_MIRRORED_FROM;
 pub use response::MirrorResponse;
 pub use service::Mirror;
 pub use stats::{DrainReport, MirrorStats, NotMirroredStats, SkipStats, TargetStats};
-pub use target::{KeyFn, RateLimit, SampleKey, Target, percentage};
+pub use target::{KeyFn, RateLimit, RecordFile, SampleKey, Target, percentage};

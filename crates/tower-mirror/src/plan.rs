@@ -44,7 +44,8 @@ pub(crate) struct TargetRuntime {
     /// As configured; its [`Target::name`] names it everywhere.
     pub(crate) spec: Target,
     pub(crate) admission: Admission,
-    pub(crate) rules: TargetRules,
+    /// How its requests are built; `None` for a recording target, which sends none.
+    pub(crate) rules: Option<TargetRules>,
     /// Counters, sampling position, live percentage and pause: kept across replacements
     /// that leave the URL and transport alone.
     pub(crate) state: Arc<TargetState>,
@@ -119,12 +120,27 @@ impl Plan {
                     .filter(|b| b.spec.rate_limit == spec.rate_limit)
                     .and_then(|b| b.admission.limits.rate.clone());
                 let admission = compile_admission(&spec, max_in_flight, rate)?;
-                let rules = compile_rules(&spec)?;
+                if crate::sink::is_recording(&spec.url) {
+                    // Written down, not sent: no URL to join, no connection.
+                    let previous = kept.and_then(|b| match &b.client {
+                        Transport::Sink(sink) => Some(sink),
+                        _ => None,
+                    });
+                    let sink = crate::sink::open(&spec, previous, max_in_flight)?;
+                    return Ok(Arc::new(TargetRuntime {
+                        admission,
+                        rules: None,
+                        state,
+                        client: Transport::Sink(sink),
+                        spec,
+                    }));
+                }
+                let rules = Some(compile_rules(&spec)?);
                 let client = match sending {
                     Ok(http) => {
                         let previous = kept.and_then(|b| match &b.client {
                             Transport::Pooled(pool) => Some(pool),
-                            Transport::Custom(_) => None,
+                            Transport::Custom(_) | Transport::Sink(_) => None,
                         });
                         // The URL parsed as a base above, so it has an authority.
                         let pool = http.pool_for(&spec, previous).ok_or_else(|| {

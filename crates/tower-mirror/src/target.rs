@@ -73,6 +73,7 @@ pub struct Target {
     pub(crate) sample_by: Option<SampleKey>,
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) max_connections: usize,
+    pub(crate) record: RecordFile,
     pub(crate) rewrite_path: Option<(String, String)>,
     pub(crate) trace_context: crate::outbound::TraceContext,
     /// Roles in comparisons (feature `diff`): plain data here, read by the diff observer.
@@ -112,6 +113,7 @@ impl Target {
             sample_by: None,
             rate_limit: None,
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            record: RecordFile::default(),
             rewrite_path: None,
             trace_context: crate::outbound::TraceContext::Child,
             compare: false,
@@ -242,6 +244,13 @@ impl Target {
     /// [`Options::sender`](crate::Options::sender)); a sender of your own keeps its own rules.
     pub fn max_connections(mut self, max: usize) -> Self {
         self.max_connections = max;
+        self
+    }
+
+    /// This recording target (a `file://` URL), writing its files as `record` says. See
+    /// [`RecordFile`].
+    pub fn record_file(mut self, record: RecordFile) -> Self {
+        self.record = record;
         self
     }
 
@@ -496,5 +505,85 @@ mod tests {
         for bad in ["fast", "0/s", "10/d", "/s", "-5/s", "1.5/s"] {
             assert!(bad.parse::<RateLimit>().is_err(), "{bad}");
         }
+    }
+}
+
+/// How a recording target writes its file (feature `record`).
+///
+/// A target whose URL is `file:///path/to/traffic.ndjson` writes each mirror it takes as one
+/// line of NDJSON ([the record format](https://github.com/tower-mirror/tower-mirror/blob/main/docs/record-format.md))
+/// instead of sending it: filters, sampling, rate caps, the byte budget, counters and live
+/// control apply as to any target. Records go to a writer thread through a queue bounded by
+/// [`Options::max_in_flight`](crate::Options::max_in_flight) (a record counts as in flight
+/// until written); a full queue drops and counts (`dropped_overload`), a write error counts
+/// the record as `failed`, and nothing blocks the request. A written record counts as
+/// `responded`.
+///
+/// The writer flushes to the operating system after each batch (the records queued when it
+/// wakes) and calls `fsync` when it rotates or closes a file: a process crash loses at most
+/// the batch being written, a machine crash what the OS had not yet written back since the
+/// last rotation.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_mirror::{RecordFile, Target};
+///
+/// let recording = Target::percentage("file:///var/lib/mirror/traffic.ndjson", 10)
+///     .with_name("recording")
+///     .record_file(
+///         RecordFile::default()
+///             .rotate_bytes(256 << 20)
+///             .rotate_after(Duration::from_secs(3600))
+///             .keep_files(24)
+///             .gzip(true),
+///     );
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecordFile {
+    /// Start a new file once the current one has this many bytes. Default `None`: never by
+    /// size.
+    pub rotate_bytes: Option<u64>,
+    /// Start a new file once the current one is this old. Default `None`: never by age.
+    pub rotate_after: Option<Duration>,
+    /// Keep at most this many rotated files, deleting the oldest. Default `None`: keep all.
+    pub keep_files: Option<usize>,
+    /// Compress rotated files with gzip (`.gz`), in the background. Default `false`.
+    pub gzip: bool,
+    /// Keep at most this many bytes of each request body; a longer one is cut and marked
+    /// with its length. Default `None`: the whole body (which
+    /// [`Options::max_body_bytes`](crate::Options::max_body_bytes) already bounds).
+    pub max_body_bytes: Option<usize>,
+}
+
+impl RecordFile {
+    /// Rotates by size: see [`rotate_bytes`](Self::rotate_bytes).
+    pub fn rotate_bytes(mut self, bytes: u64) -> Self {
+        self.rotate_bytes = Some(bytes);
+        self
+    }
+
+    /// Rotates by age: see [`rotate_after`](Self::rotate_after).
+    pub fn rotate_after(mut self, age: Duration) -> Self {
+        self.rotate_after = Some(age);
+        self
+    }
+
+    /// Keeps this many rotated files: see [`keep_files`](Self::keep_files).
+    pub fn keep_files(mut self, files: usize) -> Self {
+        self.keep_files = Some(files);
+        self
+    }
+
+    /// Compresses rotated files: see [`gzip`](Self::gzip).
+    pub fn gzip(mut self, gzip: bool) -> Self {
+        self.gzip = gzip;
+        self
+    }
+
+    /// Cuts long bodies: see [`max_body_bytes`](Self::max_body_bytes).
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = Some(bytes);
+        self
     }
 }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use crate::body::MirrorBody;
 
 use crate::error::BoxError;
+use crate::sink::Sink;
 use pool::{Lease, Pool, Protocol};
 
 /// The body of a shadow target's response, as a [`Sender`] returns it.
@@ -213,6 +214,8 @@ pub(crate) enum Transport {
     Pooled(Arc<Pool>),
     /// A user's [`Sender`]: no connection check, the sender decides.
     Custom(Arc<dyn Sender>),
+    /// A recording target: written down, not sent.
+    Sink(Arc<dyn Sink>),
 }
 
 impl Transport {
@@ -220,7 +223,7 @@ impl Transport {
     pub(crate) fn connections(&self) -> usize {
         match self {
             Self::Pooled(pool) => pool.connections(),
-            Self::Custom(_) => 0,
+            Self::Custom(_) | Self::Sink(_) => 0,
         }
     }
 
@@ -229,6 +232,7 @@ impl Transport {
         match self {
             Self::Pooled(pool) => pool.reserve().map(Reservation::Pooled),
             Self::Custom(sender) => Some(Reservation::Custom(Arc::clone(sender))),
+            Self::Sink(sink) => Some(Reservation::Sink(Arc::clone(sink))),
         }
     }
 }
@@ -237,4 +241,5 @@ impl Transport {
 pub(crate) enum Reservation {
     Pooled(Lease),
     Custom(Arc<dyn Sender>),
+    Sink(Arc<dyn Sink>),
 }

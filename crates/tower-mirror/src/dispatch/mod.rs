@@ -9,11 +9,15 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use std::time::SystemTime;
+
 use crate::body::{BodySink, MirrorBody, Payload};
+use crate::client::Reservation;
 use crate::control::Tracker;
 use crate::observe::Observation;
 use crate::outbound::request::RequestSnapshot;
 use crate::plan::{Plan, TargetRuntime};
+use crate::sink::Record;
 use crate::stats::SkipReason;
 
 use task::{InFlight, mirror_one};
@@ -105,6 +109,26 @@ impl PendingMirror {
             counters
                 .sent
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Reservation::Sink(sink) = reservation {
+                let record = Record {
+                    time: SystemTime::now(),
+                    id: crate::sink::next_id(),
+                    snapshot: Arc::clone(&self.snapshot),
+                    body: payload.clone(),
+                    settle: Box::new(slot),
+                };
+                // Its queue is as long as `max_in_flight`, so this is rare: written off as
+                // any mirror over the bound.
+                if sink.record(record).is_err() {
+                    counters
+                        .sent
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    counters
+                        .dropped_overload
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                continue;
+            }
             let body = payload
                 .clone()
                 .map_or_else(MirrorBody::empty, MirrorBody::from_payload);

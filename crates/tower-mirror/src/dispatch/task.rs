@@ -43,6 +43,19 @@ impl InFlight {
     }
 }
 
+/// A record's place: counted `responded` once written, `failed` if writing failed.
+impl crate::sink::Settle for InFlight {
+    fn settle(self: Box<Self>, written: bool) {
+        let counters = &self.target.state.counters;
+        let counter = if written {
+            &counters.responded
+        } else {
+            &counters.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.target
@@ -66,7 +79,11 @@ pub(super) async fn mirror_one(
     let target = &*slot.target;
     let counters = &target.state.counters;
     let name = target.name();
-    let Some(request) = request::build(snapshot, &target.rules, body) else {
+    let built = target
+        .rules
+        .as_ref()
+        .and_then(|rules| request::build(snapshot, rules, body));
+    let Some(request) = built else {
         // Eligibility lets only origin-form paths through, so this is a request target that
         // fits a URI but not with the base's path in front of it, or a rewrite gone wrong.
         if let Some(on_error) = &plan.on_error {
@@ -145,6 +162,8 @@ async fn send(
     let uri = request.uri().clone();
     let sending = match reservation {
         Reservation::Custom(sender) => sender.send(request),
+        // Recording targets never get here: their records go straight to the sink.
+        Reservation::Sink(_) => return Err(MirrorError::uri()),
         Reservation::Pooled(lease) => {
             match tokio::time::timeout_at(deadline, lease.connect()).await {
                 Ok(Ok(ready)) => ready.send(request),

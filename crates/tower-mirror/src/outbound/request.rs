@@ -20,6 +20,9 @@ pub const X_MIRRORED_FROM: HeaderName = HeaderName::from_static("x-mirrored-from
 pub(crate) struct RequestSnapshot {
     method: Method,
     uri: Uri,
+    // Read by the recording sink only (feature `record`).
+    #[allow(dead_code)]
+    version: Version,
     /// The end-to-end headers, in order: hop-by-hop ones and those the mirror sets itself
     /// already left out.
     headers: HeaderMap,
@@ -49,8 +52,37 @@ impl RequestSnapshot {
                 || original.contains_key(header::TRANSFER_ENCODING),
             asks_for_trailers: hop::asks_for_trailers(original),
             uri: request.uri().clone(),
+            version: request.version(),
             headers,
         }
+    }
+
+    #[allow(dead_code)] // Used by the recording sink (feature `record`).
+    pub(crate) fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The request target as received.
+    #[allow(dead_code)] // Used by the recording sink (feature `record`).
+    pub(crate) fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    #[allow(dead_code)] // Used by the recording sink (feature `record`).
+    pub(crate) fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The end-to-end headers, in order.
+    #[allow(dead_code)] // Used by the recording sink (feature `record`).
+    pub(crate) fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The host the original request was sent to.
+    #[allow(dead_code)] // Used by the recording sink (feature `record`).
+    pub(crate) fn original_host(&self) -> &HeaderValue {
+        &self.mirrored_from
     }
 }
 

@@ -1,0 +1,106 @@
+//! Recording targets: mirrors written down instead of sent. A `file://` target writes NDJSON
+//! records ([`RecordFile`](crate::RecordFile), feature `record`); the format is documented
+//! in `docs/record-format.md`.
+//!
+//! A sink takes [`Record`]s without ever waiting and settles each once written (or not), so
+//! the target's counters and in-flight bound work as for any target.
+
+#[cfg(feature = "record")]
+mod file;
+#[cfg(feature = "record")]
+mod format;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use crate::body::Payload;
+use crate::error::ConfigError;
+use crate::outbound::request::RequestSnapshot;
+use crate::target::Target;
+
+/// Where a recording target's records go.
+pub(crate) trait Sink: Send + Sync {
+    /// Queues `record` for writing; gives it back if the queue is full. Never waits.
+    fn record(&self, record: Record) -> Result<(), Record>;
+
+    /// Whether this sink writes what `target` asks for, so that a replacement keeping the
+    /// target may keep the sink.
+    fn serves(&self, target: &Target) -> bool;
+}
+
+/// One mirrored request, to be written.
+#[allow(dead_code)] // Read by the file sink only (feature `record`).
+pub(crate) struct Record {
+    /// When the request was captured.
+    pub(crate) time: SystemTime,
+    /// Unique within the process: see [`next_id`].
+    pub(crate) id: u64,
+    pub(crate) snapshot: Arc<RequestSnapshot>,
+    pub(crate) body: Option<Arc<Payload>>,
+    /// Told how writing went; holds the record's place among the target's in-flight ones.
+    pub(crate) settle: Box<dyn Settle>,
+}
+
+/// How writing a record went, for its target's counters.
+#[allow(dead_code)] // Called by the file sink only (feature `record`).
+pub(crate) trait Settle: Send {
+    fn settle(self: Box<Self>, written: bool);
+}
+
+/// A record id, unique within the process: a counter (the per-process prefix is added when
+/// the id is written, from [`process_nonce`]).
+pub(crate) fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Tells this process's records from another's: a hash of the process id and start time.
+#[cfg_attr(not(feature = "record"), allow(dead_code))]
+pub(crate) fn process_nonce() -> u64 {
+    static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *NONCE.get_or_init(|| {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let seed = format!("{}:{now}", std::process::id());
+        xxhash_rust::xxh3::xxh3_64(seed.as_bytes())
+    })
+}
+
+/// Whether `url` names a recording target rather than an HTTP one.
+pub(crate) fn is_recording(url: &str) -> bool {
+    url.get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("file://"))
+}
+
+/// Opens the sink of a recording target (whose URL is `file://…`), or keeps `previous` if it
+/// serves the same. `capacity` bounds its queue. Errors name the target: a path that cannot
+/// be written, or (without the `record` feature) any recording target at all.
+pub(crate) fn open(
+    target: &Target,
+    previous: Option<&Arc<dyn Sink>>,
+    capacity: usize,
+) -> Result<Arc<dyn Sink>, ConfigError> {
+    if let Some(previous) = previous.filter(|p| p.serves(target)) {
+        return Ok(Arc::clone(previous));
+    }
+    let invalid = |reason: String| ConfigError::InvalidSetting {
+        target: target.name().to_owned(),
+        setting: "url",
+        reason,
+    };
+    #[cfg(feature = "record")]
+    {
+        file::FileSink::open(target, capacity)
+            .map(|sink| Arc::new(sink) as Arc<dyn Sink>)
+            .map_err(invalid)
+    }
+    #[cfg(not(feature = "record"))]
+    {
+        let _ = capacity;
+        Err(invalid(
+            "file:// (recording) targets need tower-mirror's `record` feature".to_owned(),
+        ))
+    }
+}
