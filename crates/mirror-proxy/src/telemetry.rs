@@ -753,12 +753,32 @@ impl Telemetry {
     }
 }
 
+/// How often the Prometheus recorder's histogram samples are folded in without a scrape.
+const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 fn install_prometheus() -> Option<PrometheusHandle> {
     let builder = PrometheusBuilder::new()
         .set_buckets(LATENCY_BUCKETS)
         .expect("the bucket list is not empty");
     match builder.install_recorder() {
-        Ok(handle) => Some(handle),
+        Ok(handle) => {
+            // Histogram samples pile up in the recorder until upkeep folds them in, which
+            // rendering /metrics does; with no one scraping, memory grew by ~18 bytes per
+            // request (found by bench/run.sh). Upkeep runs on its own thread instead.
+            let upkeep = handle.clone();
+            let started = std::thread::Builder::new()
+                .name("metrics-upkeep".to_owned())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(METRICS_UPKEEP_EVERY);
+                        upkeep.run_upkeep();
+                    }
+                });
+            if let Err(error) = started {
+                tracing::warn!(%error, "metrics upkeep not started: scrape /metrics regularly");
+            }
+            Some(handle)
+        }
         Err(error) => {
             // Only one recorder per process: a second proxy in one process goes without.
             tracing::warn!(%error, "metrics recorder not installed: /metrics is unavailable");
