@@ -9,6 +9,11 @@
 # the warm-up), SETTLE (s, after the measured run),
 # WORKERS (proxy workers), PROXIES ("mirror-proxy nginx envoy traefik"), PORT_BASE (19000),
 # MP_GENEROUS_IN_FLIGHT (extra mirror-proxy runs with this --max-in-flight; 0: none),
+# MP_SLOW_ROWS (extra mirror-proxy rows against the 1 s shadow, one EXTRA spec each, see
+# start_proxy; default "h2c:20000 h1:20000:20000"; empty: none),
+# SCENARIOS (which scenarios to measure, default all: "get-none get-fast get-slow get-hole
+# post-none post-fast"; e.g. SCENARIOS="get-fast get-slow" PROXIES=mirror-proxy
+# MP_GENEROUS_IN_FLIGHT=0 measures only mirror-proxy's fast and slow shadow rows),
 # MIRROR_PROXY_REV (build mirror-proxy from this git revision instead of the work tree),
 # INSTALL (0: never install anything), OUT (the results file), TW_LIMIT and TW_WAIT_MAX (before
 # each row, wait up to TW_WAIT_MAX s for the machine's TIME_WAIT sockets to fall to TW_LIMIT).
@@ -23,7 +28,7 @@ ROOT=$(dirname "$BENCH_DIR")
 # The command that produced the results, with the settings given in the environment.
 COMMAND="bench/run.sh"
 for var in QUICK DURATION CONNECTIONS THREADS WARMUP PAUSE SETTLE WORKERS PROXIES PORT_BASE \
-  MP_GENEROUS_IN_FLIGHT MIRROR_PROXY_REV INSTALL TW_LIMIT TW_WAIT_MAX; do
+  MP_GENEROUS_IN_FLIGHT MP_SLOW_ROWS SCENARIOS MIRROR_PROXY_REV INSTALL TW_LIMIT TW_WAIT_MAX; do
   if [ -n "${!var+x}" ]; then COMMAND="$var=${!var@Q} $COMMAND"; fi
 done
 
@@ -39,6 +44,14 @@ WORKERS=${WORKERS:-$CORES}
 PROXIES=${PROXIES:-mirror-proxy nginx envoy traefik}
 PORT_BASE=${PORT_BASE:-19000}
 MP_GENEROUS_IN_FLIGHT=${MP_GENEROUS_IN_FLIGHT:-16384}
+MP_SLOW_ROWS=${MP_SLOW_ROWS-h2c:20000 h1:20000:20000}
+SCENARIOS=${SCENARIOS:-get-none get-fast get-slow get-hole post-none post-fast}
+for spec in $MP_SLOW_ROWS; do
+  if ! [[ $spec =~ ^([0-9]+|(h1|h2c)(:[0-9]*(:[0-9]*)?)?)$ ]]; then
+    echo "bench/run.sh: MP_SLOW_ROWS: bad spec '$spec' (h1|h2c[:IN_FLIGHT[:MAX_CONNECTIONS]])" >&2
+    exit 2
+  fi
+done
 MIRROR_PROXY_REV=${MIRROR_PROXY_REV:-}
 INSTALL=${INSTALL:-1}
 TW_LIMIT=${TW_LIMIT:-1000}
@@ -324,13 +337,18 @@ hwm_kib() {
   done
   echo "$total"
 }
-# The machine's user + nice + system ticks, all cores, and all ticks.
-machine_ticks() { awk '/^cpu /{print $2 + $3 + $4, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
-# Seconds of CPU the finished children of this shell have used (wrk's, after it ran).
+# The machine's busy ticks (user + nice + system + irq + softirq: a process's stime includes the
+# interrupt work done while it ran, so busy time must too), all cores, and all ticks.
+machine_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+# children_ticks VAR: sets VAR to the CPU time, in 1/100 s, that the finished children of this
+# shell have used (wrk's, after it ran). `times` runs in this shell itself: in a command
+# substitution it would report the subshell's children, none (before 2026-11-30 it did, so
+# wrk's CPU read 0 and *other CPU* included it).
 children_ticks() {
-  times | tail -1 | awk '{
+  times >"$RUN_DIR/times.txt"
+  printf -v "$1" '%s' "$(tail -1 "$RUN_DIR/times.txt" | awk '{
     split($1, u, /[ms]/); split($2, s, /[ms]/);
-    printf "%d\n", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) * 100 }'
+    printf "%d\n", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) * 100 }')"
 }
 
 # The proxy under test: its pid and the pids of its processes (nginx: master and workers).
@@ -351,8 +369,36 @@ render() {
   if [ "$mirror" != 1 ]; then sed -i '/#MIRROR/d' "$out"; fi
 }
 
+# mirror-proxy's EXTRA spec, PROTOCOL[:IN_FLIGHT[:MAX_CONNECTIONS]]: PROTOCOL is h1 (the
+# default, the shadow over HTTP/1.1) or h2c (the target's `http2 = true`); IN_FLIGHT is
+# --max-in-flight and MAX_CONNECTIONS the target's `max_connections`, each left at mirror-proxy's
+# default when empty. A bare number N means h1:N. Examples: h2c, 16384, h2c:20000,
+# h1:20000:20000. parse_extra EXTRA sets MP_PROTO, MP_IN_FLIGHT and MP_MAX_CONNS.
+parse_extra() {
+  local spec=$1
+  MP_PROTO=h1 MP_IN_FLIGHT= MP_MAX_CONNS=
+  [ -z "$spec" ] && return 0
+  if [[ $spec =~ ^[0-9]+$ ]]; then
+    MP_IN_FLIGHT=$spec
+    return 0
+  fi
+  IFS=: read -r MP_PROTO MP_IN_FLIGHT MP_MAX_CONNS <<<"$spec"
+  case $MP_PROTO in h1 | h2c) ;; *) log "FATAL: bad mirror-proxy spec '$spec' (h1|h2c[:N[:M]])"; exit 1 ;; esac
+}
+# The table's label for a mirror-proxy spec: the rows of earlier runs keep their names.
+extra_label() {
+  local parts=()
+  parse_extra "$1"
+  [ "$MP_PROTO" = h2c ] && parts+=("shadow over h2c")
+  [ -n "$MP_IN_FLIGHT" ] && parts+=("--max-in-flight $MP_IN_FLIGHT")
+  [ -n "$MP_MAX_CONNS" ] && parts+=("max_connections $MP_MAX_CONNS")
+  local IFS=,
+  [ "${#parts[@]}" -gt 0 ] && echo "${parts[*]}" | sed 's/,/, /g'
+}
+
 # start_proxy PROXY SHADOW(none|fast|slow|hole|post-shadow) [EXTRA]: starts it on LISTEN_PORT,
-# sets PROXY_PID; on failure returns 1 with the reason in START_ERROR.
+# sets PROXY_PID; on failure returns 1 with the reason in START_ERROR. EXTRA is for mirror-proxy
+# only (see parse_extra).
 start_proxy() {
   local proxy=$1 shadow=$2 extra=${3:-} mirror=1 shadow_port
   START_ERROR=
@@ -363,15 +409,23 @@ start_proxy() {
     mirror-proxy)
       local args=(--listen "127.0.0.1:$LISTEN_PORT" --upstream "http://127.0.0.1:$UPSTREAM_PORT_OF_RUN"
         --admin "127.0.0.1:$ADMIN_PORT" --drain-timeout 1s --workers "$WORKERS")
-      if [ "$extra" = h2c ]; then
-        # The shadow over HTTP/2 with prior knowledge: one connection carries many mirrors.
-        printf '[[mirror]]\nurl = "http://127.0.0.1:%s"\nhttp2 = true\n' "$shadow_port" \
-          >"$RUN_DIR/mirror-h2c.toml"
-        args+=(--config "$RUN_DIR/mirror-h2c.toml")
-      else
-        [ "$mirror" = 1 ] && args+=(--mirror "http://127.0.0.1:$shadow_port")
-        [ -n "$extra" ] && args+=(--max-in-flight "$extra")
+      parse_extra "$extra"
+      rm -f "$RUN_DIR/mirror.toml"
+      if [ "$mirror" = 1 ] && { [ "$MP_PROTO" = h2c ] || [ -n "$MP_MAX_CONNS" ]; }; then
+        # Per-target settings need a config file. h2c: the shadow over HTTP/2 with prior
+        # knowledge, many mirrors per connection (as many as the shadow's
+        # SETTINGS_MAX_CONCURRENT_STREAMS allow).
+        {
+          echo '[[mirror]]'
+          echo "url = \"http://127.0.0.1:$shadow_port\""
+          [ "$MP_PROTO" = h2c ] && echo 'http2 = true'
+          [ -n "$MP_MAX_CONNS" ] && echo "max_connections = $MP_MAX_CONNS"
+        } >"$RUN_DIR/mirror.toml"
+        args+=(--config "$RUN_DIR/mirror.toml")
+      elif [ "$mirror" = 1 ]; then
+        args+=(--mirror "http://127.0.0.1:$shadow_port")
       fi
+      [ -n "$MP_IN_FLIGHT" ] && args+=(--max-in-flight "$MP_IN_FLIGHT")
       echo "$MIRROR_PROXY ${args[*]}" >"$RUN_DIR/proxy.cmd"
       start proxy "$MIRROR_PROXY" "${args[@]}"
       ;;
@@ -428,18 +482,35 @@ drain_time_wait() {
   done
 }
 
+# sample_during DIR: while DIR/sampling exists (at most 600 s), once a second, mirror-proxy's
+# /stats and the proxy's current RSS, one JSON line each in DIR/during.jsonl: the mirrors in
+# flight and the connections open while the load runs, which the counters read after the
+# settle time no longer show.
+sample_during() {
+  local dir=$1 n=0 rss json
+  while [ -e "$dir/sampling" ] && [ "$n" -lt 600 ]; do
+    rss=$(awk '/^VmRSS:/{print $2}' "/proc/$PROXY_PID/status" 2>/dev/null)
+    json=$(curl -s --max-time 1 "http://127.0.0.1:$ADMIN_PORT/stats" | tr -d '\n')
+    printf '{"t":%s,"rss_kib":%s,"stats":%s}\n' "$(date +%s.%N)" "${rss:-null}" "${json:-null}" \
+      >>"$dir/during.jsonl"
+    n=$((n + 1))
+    sleep 1
+  done
+}
+
+# wants SCENARIO: whether SCENARIOS lists it.
+wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+
 RUN_NO=0
-# measure SCENARIO PROXY SHADOW METHOD [EXTRA]: one row of the table.
+# measure SCENARIO PROXY SHADOW METHOD [EXTRA]: one row of the table (skipped unless SCENARIOS
+# lists SCENARIO).
 measure() {
   local scenario=$1 proxy=$2 shadow=$3 method=$4 extra=${5:-}
   local label=$proxy url dir body_env=() upstream=upstream
+  wants "$scenario" || return 0
   RUN_NO=$((RUN_NO + 1))
   SHADOW_PORT_OF_RUN=$((PORT_BASE + 200 + RUN_NO))
-  if [ "$extra" = h2c ]; then
-    label="$proxy (shadow over h2c)"
-  elif [ -n "$extra" ]; then
-    label="$proxy (--max-in-flight $extra)"
-  fi
+  [ -n "$extra" ] && label="$proxy ($(extra_label "$extra"))"
   dir=$RAW/$(printf '%02d' "$RUN_NO")-$scenario-${label//[^a-zA-Z0-9-]/_}
   mkdir -p "$dir"
   {
@@ -447,6 +518,7 @@ measure() {
     echo "proxy=$label"
     echo "shadow=$shadow"
     echo "method=$method"
+    echo "extra=$extra"
   } >"$dir/run.env"
   if [ "$method" = POST ]; then
     upstream=post-upstream
@@ -473,6 +545,7 @@ measure() {
       return
     fi
     url="http://127.0.0.1:$LISTEN_PORT/"
+    cp "$RUN_DIR/proxy.cmd" "$RUN_DIR/mirror.toml" "$dir/" 2>/dev/null
   fi
   log "$scenario / $label: warm-up ${WARMUP}s, then ${DURATION}s with $CONNECTIONS connections"
   if [ "$WARMUP" != 0 ]; then
@@ -486,30 +559,49 @@ measure() {
   origin_pids="${ORIGIN_PID[*]}"
   [ "$shadow" != none ] && origin_stats shadow >"$dir/shadow-before.json"
   origin_stats "$upstream" >"$dir/upstream-before.json"
+  [ "$proxy" = mirror-proxy ] && proxy_counters "$proxy" >"$dir/proxy-counters-before.txt" 2>/dev/null
+  local shadow_pid=${ORIGIN_PID[shadow]:-} sampler=
   # shellcheck disable=SC2086
   before=$(cpu_ticks $pids)
   # shellcheck disable=SC2086
   local o_before=$(cpu_ticks $origin_pids)
+  # shellcheck disable=SC2086
+  local s_before=$(cpu_ticks $shadow_pid)
   m_before=$(machine_ticks)
-  wrk_before=$(children_ticks)
+  children_ticks wrk_before
+  if [ "$proxy" = mirror-proxy ]; then
+    touch "$dir/sampling"
+    sample_during "$dir" &
+    sampler=$!
+  fi
   env "${body_env[@]}" timeout $((DURATION + 60)) "$WRK" -t "$THREADS" -c "$CONNECTIONS" \
     -d "${DURATION}s" --timeout 30s --latency -s "$BENCH_DIR/wrk/report.lua" "$url" \
     >"$dir/wrk.txt" 2>&1
   echo "wrk_exit=$?" >>"$dir/run.env"
-  wrk_after=$(children_ticks)
+  rm -f "$dir/sampling"
+  children_ticks wrk_after
   m_after=$(machine_ticks)
   # shellcheck disable=SC2086
   local o_after=$(cpu_ticks $origin_pids)
+  # shellcheck disable=SC2086
+  local s_during=$(cpu_ticks $shadow_pid)
   # shellcheck disable=SC2086
   local during=$(cpu_ticks $pids)
   sleep "$SETTLE"
   # shellcheck disable=SC2086
   after=$(cpu_ticks $pids)
+  # shellcheck disable=SC2086
+  local s_after=$(cpu_ticks $shadow_pid)
   [ "$shadow" != none ] && origin_stats shadow >"$dir/shadow-after.json"
   origin_stats "$upstream" >"$dir/upstream-after.json"
+  # The sampler saw its flag gone within a second of wrk's end (waited for only now, after
+  # wrk's ticks were read, so that its curls do not count as wrk's).
+  [ -n "$sampler" ] && wait "$sampler" 2>/dev/null
   {
     echo "cpu_ticks=$((after - before))"
     echo "cpu_ticks_during=$((during - before))"
+    echo "shadow_ticks=$((s_after - s_before))"
+    echo "shadow_ticks_during=$((s_during - s_before))"
     # shellcheck disable=SC2086
     echo "hwm_kib=$(hwm_kib $pids)"
     echo "clk_tck=$(getconf CLK_TCK)"
@@ -562,6 +654,9 @@ for shadow in none fast slow hole; do
     if [ "$proxy" = mirror-proxy ] && [ "$MP_GENEROUS_IN_FLIGHT" != 0 ] &&
       { [ "$shadow" = slow ] || [ "$shadow" = hole ]; }; then
       measure "get-$shadow" mirror-proxy "$shadow" GET "$MP_GENEROUS_IN_FLIGHT"
+    fi
+    if [ "$proxy" = mirror-proxy ] && [ "$shadow" = slow ]; then
+      for spec in $MP_SLOW_ROWS; do measure "get-$shadow" mirror-proxy "$shadow" GET "$spec"; done
     fi
   done
 done
@@ -645,6 +740,7 @@ for name in sorted(os.listdir(raw)):
         continue
     run = env(os.path.join(path, "run.env"))
     run["wrk"] = wrk(os.path.join(path, "wrk.txt"))
+    run["dir"] = path
     for side in ("shadow", "upstream"):
         before = load_json(os.path.join(path, f"{side}-before.json")) or {}
         after = load_json(os.path.join(path, f"{side}-after.json")) or {}
@@ -751,9 +847,93 @@ lines.append("Columns: req/s, latencies and errors as wrk saw them (latency of c
              "accepted in that window (keep-alive reuse shows as a small number); *peak "
              "RSS*: VmHWM (summed over nginx's master and workers, which counts shared pages twice); *CPU "
              "µs/req*: the proxy's utime + stime from the start of the run to the end of the settle time, "
-             "over completed requests; *other CPU*: the machine's user + system time not used by wrk, the "
+             "over completed requests; *other CPU*: the machine's user + system (with irq and softirq) time not used by wrk, the "
              "proxy or the origins during the run, in % of all cores (interference; approximate).")
 lines.extend(notes)
+
+# mirror-proxy's own view of its mirrors, per row: /stats before the measured run and after the
+# settle time (the window of the origins' counters), and sampled each second during the run.
+def target_of(doc):
+    try:
+        return doc["mirror"]["targets"][0]
+    except (TypeError, KeyError, IndexError):
+        return None
+
+def samples(path):
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+    except OSError:
+        pass
+    return out
+
+COUNTERS = ("sampled", "sent", "responded", "failed", "timed_out", "dropped_overload",
+            "dropped_no_connection")
+fast_row = next((r for r in rows if r["scenario"] == "get-fast" and r["proxy"] == "mirror-proxy"
+                 and r.get("status") == "ok" and r["wrk"]), None)
+mp_lines = []
+for run in rows:
+    if not run["proxy"].startswith("mirror-proxy") or run["scenario"].endswith("-none"):
+        continue
+    if run.get("status") != "ok" or not run["wrk"]:
+        continue
+    path = run["dir"]
+    before = target_of(load_json(os.path.join(path, "proxy-counters-before.txt")))
+    after = target_of(load_json(os.path.join(path, "proxy-counters.txt")))
+    if not after:
+        continue
+    delta = {k: after.get(k, 0) - (before or {}).get(k, 0) for k in COUNTERS}
+    during = [(s_["rss_kib"], target_of(s_["stats"])) for s_ in samples(os.path.join(path, "during.jsonl"))]
+    in_flight = sorted(t["in_flight"] for _, t in during if t)
+    conns = [t["connections"] for _, t in during if t]
+    r = rps(run)
+    versus = f"{r / rps(fast_row):.2f}" if fast_row else "—"
+    got = run["shadow"].get("requests", 0)
+    completed = run["upstream"].get("responses", 0)
+    clk = int(run["clk_tck"])
+    secs = run["wrk"]["duration_us"] / 1e6
+    hwm = int(run["hwm_kib"])
+    per_mirror = "—"
+    if (fast_row and run["scenario"] == "get-slow" and in_flight
+            and in_flight[len(in_flight) // 2]):
+        median = in_flight[len(in_flight) // 2]
+        per_mirror = f"{(hwm - int(fast_row['hwm_kib'])) / median:.1f}"
+    proxy_cpu = int(run["cpu_ticks_during"]) / clk / secs * 100
+    shadow_cpu = int(run.get("shadow_ticks_during", 0)) / clk / secs * 100
+    shadow_us = int(run.get("shadow_ticks", 0)) / clk * 1e6 / got if got else 0
+    mp_lines.append(
+        f"| {SCENARIOS.get(run['scenario'], run['scenario'])} | {run['proxy']} | {r:,.0f} | {versus} "
+        f"| {got:,} / {completed:,} = {got / completed * 100 if completed else 0:.1f} % "
+        + "".join(f"| {delta[k]:,} " for k in COUNTERS)
+        + f"| {max(in_flight) if in_flight else 0:,} / {in_flight[len(in_flight) // 2] if in_flight else 0:,} "
+        f"| {max(conns) if conns else 0:,} | {hwm / 1024:.0f} | {per_mirror} "
+        f"| {proxy_cpu:.0f} % | {shadow_cpu:.0f} %, {shadow_us:.0f} µs |")
+if mp_lines:
+    lines.append("")
+    lines.append("mirror-proxy's own counters for its mirroring rows (`/stats`, first target):")
+    lines.append("")
+    lines.append("| scenario | proxy | req/s | vs fast shadow | shadow received / upstream answered "
+                 "| sampled | sent | responded | failed | timed_out | dropped_overload | dropped_no_connection "
+                 "| in flight, max / median | connections, max | peak RSS MiB | KiB per mirror in flight "
+                 "| proxy CPU | shadow CPU, per mirror |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.extend(mp_lines)
+    lines.append("")
+    lines.append("Counters: the difference between `/stats` read before the measured run (after the "
+                 "warm-up and pause) and after the settle time, the window of the origins' counters, so "
+                 "`sent` also holds mirrors still in flight at the end and `responded` answers to mirrors "
+                 "sent in the warm-up. *vs fast shadow*: req/s over that of the row `GET, mirror 100 % to "
+                 "a fast shadow | mirror-proxy` (HTTP/1.1, defaults) of this run. *in flight*, *connections*: "
+                 "`in_flight` and `connections` of `/stats` read once a second during the measured run. "
+                 "*KiB per mirror in flight* (slow shadow rows): (this row's peak RSS − the fast-shadow "
+                 "row's) / the median of the sampled `in_flight`. *proxy CPU*, *shadow CPU*: utime + stime during the measured "
+                 "run in % of one core; per mirror: the shadow's CPU from the start of the run to the "
+                 "end of the settle time over the requests it received.")
 lines.append("")
 lines.append(f"Raw outputs: `{os.path.basename(raw)}/` (wrk output, origin counters before and after, "
              "the proxy's own mirror counters, per row).")
