@@ -60,6 +60,9 @@
 //!
 //! - At most [`Options::max_in_flight`] mirrors per target are in flight; beyond that new
 //!   mirrors are dropped and counted, never queued.
+//! - Each target has its own connection pool, at most [`Target::max_connections`]
+//!   connections: a mirror is sent only when a connection (or HTTP/2 stream) can take it at
+//!   once, else dropped and counted (`dropped_no_connection`), never queued in the client.
 //! - A body over [`Options::max_body_bytes`] is not mirrored (the primary still gets all of
 //!   it), and the body bytes held for unfinished mirrors never exceed
 //!   [`Options::max_buffered_bytes`], shared by every request and target.
@@ -67,6 +70,12 @@
 //!
 //! Every outcome is counted, per target by name: see [`MirrorLayer::stats`] and
 //! [`TargetStats`].
+//!
+//! # Features
+//!
+//! - `diff`: shadow diffing, the `diff` module (adds `serde_json`).
+//! - `record`: recording targets, `file://` URLs written as NDJSON ([`RecordFile`]; adds
+//!   `serde_json`, `base64`, `humantime`, `flate2`).
 //!
 //! # Runtime
 //!

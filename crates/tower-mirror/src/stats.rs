@@ -171,8 +171,10 @@ pub struct TargetStats {
     pub responded: u64,
     /// Mirrors that failed before a complete response: connect errors, resets, bad responses.
     pub failed: u64,
-    /// Mirrors whose request went out but did not complete within the timeout. (One that
-    /// could not even connect in time is `failed`: it never left.)
+    /// Mirrors whose request went out but did not complete within the timeout. (With the
+    /// layer's own connection pool, one that could not even connect in time is `failed`: it
+    /// never left. A [`Sender`](crate::Sender) of your own connects inside its `send`, so
+    /// there a connect that takes the whole timeout counts here.)
     pub timed_out: u64,
     /// Mirrors not sent because the target already had `max_in_flight` mirrors in flight.
     pub dropped_overload: u64,
