@@ -285,3 +285,76 @@ async fn a_removed_target_closes_its_connections() {
         "the kept one stays"
     );
 }
+
+/// Traffic while the target's pool is replaced over and over (its connection limit changing,
+/// so each replacement opens a new pool): every mirror is accounted for and every one sent is
+/// answered, and once the target is removed its connections close at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_replaced_under_traffic_account_for_every_mirror_and_close() {
+    let shadow = Shadow::with_reply(Reply {
+        max_streams: Some(8),
+        ..Reply::default()
+    })
+    .await;
+    let other = Shadow::start().await;
+    let options = |max: usize| Options {
+        targets: vec![
+            Target::new(&shadow.url)
+                .with_name("h2")
+                .with_http2()
+                .max_connections(max),
+            Target::new(&other.url).with_name("other"),
+        ],
+        max_in_flight: 1000,
+        ..Options::default()
+    };
+    let layer = MirrorLayer::with_options(options(1)).unwrap();
+    let handle = layer.handle();
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let layer = layer.clone();
+            tokio::spawn(async move {
+                for _ in 0..150 {
+                    primary(&layer).await;
+                }
+            })
+        })
+        .collect();
+    for round in 0..30 {
+        handle.replace(options(1 + round % 3)).unwrap();
+        tokio::task::yield_now().await;
+    }
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let stats = settled(&layer).await;
+    let h2 = &stats.targets[0];
+    assert_eq!(h2.sampled, 600, "{h2:?}");
+    assert_eq!(
+        h2.sampled,
+        h2.sent + h2.dropped_overload + h2.dropped_no_connection,
+        "{h2:?}"
+    );
+    assert_eq!(h2.sent, h2.responded, "{h2:?}");
+    assert_eq!(shadow.count() as u64, h2.responded);
+
+    handle
+        .replace(Options {
+            targets: vec![Target::new(&other.url).with_name("other")],
+            ..Options::default()
+        })
+        .unwrap();
+    eventually_closed(&layer).await;
+}
+
+async fn eventually_closed(layer: &MirrorLayer) {
+    support::eventually("the removed target's connections to close", || {
+        let stats = layer.stats();
+        stats
+            .targets
+            .iter()
+            .find(|t| t.name == "h2")
+            .is_some_and(|t| t.removed && t.connections == 0)
+    })
+    .await;
+}
