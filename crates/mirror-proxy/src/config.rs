@@ -42,6 +42,9 @@ pub enum Command {
     /// Start a primary app and two shadow apps on loopback, put the proxy in front, drive a
     /// burst of traffic and show what each target got. No setup needed.
     Demo(DemoArgs),
+    /// Send a recording (the NDJSON a file:// mirror target writes) to a URL, paced as
+    /// recorded, at a fixed rate or as fast as it answers, and summarise what came back.
+    Replay(crate::replay::ReplayArgs),
 }
 
 /// Flags of `mirror-proxy demo`.

@@ -13,6 +13,7 @@ pub mod forward;
 pub mod limits;
 pub mod normalize;
 pub mod reload;
+pub mod replay;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

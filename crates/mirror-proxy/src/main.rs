@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     // listener, waits for signals and drains, so one thread does. The demo also runs its
     // apps and load in-process, on every core.
     let mut builder = match cli.command {
-        Some(Command::Demo(_)) => tokio::runtime::Builder::new_multi_thread(),
+        Some(Command::Demo(_) | Command::Replay(_)) => tokio::runtime::Builder::new_multi_thread(),
         None => tokio::runtime::Builder::new_current_thread(),
     };
     let runtime = match builder.enable_all().build() {
@@ -45,6 +45,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Demo(args)) => runtime.block_on(mirror_proxy::demo::run(args)),
+        Some(Command::Replay(args)) => runtime.block_on(mirror_proxy::replay::run(args)),
         None => runtime.block_on(run(cli)),
     }
 }

@@ -74,7 +74,8 @@
 //! # Features
 //!
 //! - `diff`: shadow diffing, the `diff` module (adds `serde_json`).
-//! - `record`: recording targets, `file://` URLs written as NDJSON ([`RecordFile`]; adds
+//! - `record`: recording targets, `file://` URLs written as NDJSON ([`RecordFile`]), and the
+//!   `record` module that reads them back (adds
 //!   `serde_json`, `base64`, `humantime`, `flate2`).
 //!
 //! # Runtime
@@ -111,6 +112,10 @@ mod stats;
 #[cfg(feature = "diff")]
 #[cfg_attr(docsrs, doc(cfg(feature = "diff")))]
 pub mod diff;
+
+#[cfg(feature = "record")]
+#[cfg_attr(docsrs, doc(cfg(feature = "record")))]
+pub mod record;
 
 /// Internals for the fuzz targets in `/fuzz` (feature `fuzzing`); not a stable API.
 #[cfg(feature = "fuzzing")]

@@ -10,8 +10,8 @@ use http::{HeaderValue, Version};
 
 use super::{Record, process_nonce};
 
-/// The format version written in every record's `v`.
-pub(super) const VERSION: u32 = 1;
+/// The format version written in every record's `v`: the one `record` reads.
+const VERSION: u64 = crate::record::FORMAT_VERSION;
 
 /// Appends `record` as one line (with its `\n`) to `out`, keeping at most `max_body` bytes
 /// of its body.

@@ -1,0 +1,243 @@
+//! `mirror-proxy replay`: sends a recording (the NDJSON a `file://` target writes, plain or
+//! gzip) to a URL, paced as recorded, at a fixed rate or as fast as it can, and prints what
+//! came back.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Args;
+use http::{Request, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Semaphore;
+use tower_mirror::outbound::BaseUrl;
+use tower_mirror::record::Recorded;
+
+use crate::telemetry::LatencyHistogram;
+
+/// Flags of `mirror-proxy replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Recording files, in order (`.gz` files are read through gzip).
+    #[arg(value_name = "SOURCE", required = true)]
+    pub sources: Vec<PathBuf>,
+    /// Where to send the requests: http:// or https:// URL, optionally with a path prefix.
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// Keep the recorded gaps between requests, divided by this factor ("2x", "0.5") [default: 1x].
+    #[arg(long, value_name = "FACTOR", value_parser = parse_speed, conflicts_with_all = ["rate", "max"])]
+    pub speed: Option<f64>,
+    /// Send at this fixed rate instead ("500/s", "100/m").
+    #[arg(long, value_name = "RATE", conflicts_with = "max")]
+    pub rate: Option<tower_mirror::RateLimit>,
+    /// Send as fast as the target answers, `--concurrency` at a time.
+    #[arg(long)]
+    pub max: bool,
+    /// Requests in flight at most; a request due while all are busy waits for one.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub concurrency: usize,
+    /// Replay the whole recording this many times.
+    #[arg(long = "loop", value_name = "N", default_value_t = 1)]
+    pub loops: u32,
+}
+
+/// "2x", "2", "0.5x": a positive factor.
+fn parse_speed(text: &str) -> Result<f64, String> {
+    let number = text.strip_suffix(['x', 'X']).unwrap_or(text);
+    match number.parse::<f64>() {
+        Ok(speed) if speed.is_finite() && speed > 0.0 => Ok(speed),
+        _ => Err(format!(
+            "{text:?} is not a speed: use a positive factor such as 2x or 0.5x"
+        )),
+    }
+}
+
+/// How requests are spaced.
+#[derive(Clone, Copy, Debug)]
+enum Pacing {
+    /// The recorded gaps divided by the factor.
+    Recorded(f64),
+    /// One every this long.
+    Every(Duration),
+    /// As fast as the concurrency allows.
+    Max,
+}
+
+/// What came back, counted as the replay goes.
+#[derive(Default)]
+struct Tally {
+    sent: AtomicU64,
+    by_class: [AtomicU64; 5],
+    errors: AtomicU64,
+    latency: LatencyHistogram,
+}
+
+/// Runs a replay; exit code 0 unless a source cannot be read or the flags are wrong (2).
+pub async fn run(args: ReplayArgs) -> ExitCode {
+    let bad = |message: String| {
+        eprintln!("mirror-proxy replay: error: {message}");
+        ExitCode::from(2)
+    };
+    let base = match BaseUrl::parse(&args.to) {
+        Ok(base) => base,
+        Err(error) => return bad(format!("--to {:?}: {error}", args.to)),
+    };
+    if args.concurrency == 0 {
+        return bad("--concurrency must be at least 1".to_owned());
+    }
+    let pacing = match (args.max, args.rate, args.speed) {
+        (true, _, _) => Pacing::Max,
+        (_, Some(rate), _) if rate.count() == 0 || rate.per().is_zero() => {
+            return bad(format!(
+                "--rate {rate:?}: at least 1 request per a non-zero period"
+            ));
+        }
+        (_, Some(rate), _) => Pacing::Every(rate.per() / rate.count()),
+        (_, None, speed) => Pacing::Recorded(speed.unwrap_or(1.0)),
+    };
+    // Read before sending: a source that cannot be read stops the replay before it starts.
+    let mut records = Vec::new();
+    let mut skipped = 0u64;
+    for source in &args.sources {
+        match read(source) {
+            Ok((mut read, bad_lines)) => {
+                records.append(&mut read);
+                skipped += bad_lines;
+            }
+            Err(error) => return bad(format!("{}: {error}", source.display())),
+        }
+    }
+    let https = tower_mirror::client::tls::connector(tower_mirror::client::tls::client_config(
+        tower_mirror::client::tls::webpki_roots(),
+    ));
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+    let tally = Arc::new(Tally::default());
+    let permits = Arc::new(Semaphore::new(args.concurrency));
+    let started = Instant::now();
+    let mut next_at = tokio::time::Instant::now();
+    for _ in 0..args.loops {
+        let first = records.first().map(|r| r.time);
+        for record in &records {
+            match pacing {
+                Pacing::Max => {}
+                Pacing::Every(every) => {
+                    tokio::time::sleep_until(next_at).await;
+                    next_at += every;
+                }
+                Pacing::Recorded(speed) => {
+                    let offset = first
+                        .and_then(|f| record.time.duration_since(f).ok())
+                        .unwrap_or_default();
+                    tokio::time::sleep_until(next_at + offset.div_f64(speed)).await;
+                }
+            }
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                break;
+            };
+            let request = build(record, &base);
+            let (client, tally) = (client.clone(), Arc::clone(&tally));
+            tokio::spawn(async move {
+                let _permit = permit;
+                tally.sent.fetch_add(1, Relaxed);
+                let sent = Instant::now();
+                match request {
+                    Some(request) => match client.request(request).await {
+                        Ok(response) => {
+                            let class = usize::from(response.status().as_u16() / 100);
+                            let _ = response.into_body().collect().await;
+                            tally.latency.record(sent.elapsed());
+                            tally.by_class[class.clamp(1, 5) - 1].fetch_add(1, Relaxed);
+                        }
+                        Err(_) => {
+                            tally.errors.fetch_add(1, Relaxed);
+                        }
+                    },
+                    None => {
+                        tally.errors.fetch_add(1, Relaxed);
+                    }
+                }
+            });
+        }
+        if let Pacing::Recorded(_) = pacing {
+            next_at = tokio::time::Instant::now();
+        }
+    }
+    // Every permit back: every request answered or failed.
+    let _ = permits.acquire_many(args.concurrency as u32).await;
+    print_summary(&tally, started.elapsed(), skipped);
+    ExitCode::SUCCESS
+}
+
+/// The records of one file, and how many lines were not records.
+fn read(path: &Path) -> std::io::Result<(Vec<Recorded>, u64)> {
+    let file = std::fs::File::open(path)?;
+    let reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file)))
+    } else {
+        Box::new(BufReader::new(file))
+    };
+    let mut records = Vec::new();
+    let mut skipped = 0;
+    for line in reader.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        // A line cut by a crash or a failed write is skipped, as the format says.
+        match Recorded::parse(&line) {
+            Ok(record) => records.push(record),
+            Err(_) => skipped += 1,
+        }
+    }
+    Ok((records, skipped))
+}
+
+/// The request to send for `record`: its method, path and query joined onto `base`, its
+/// headers (but `Host`, which the target's URL sets, and the framing, which the body sets),
+/// and its body.
+fn build(record: &Recorded, base: &BaseUrl) -> Option<Request<Full<Bytes>>> {
+    let uri = base.join(&record.uri)?;
+    let mut request = Request::builder().method(record.method.clone()).uri(uri);
+    for (name, value) in &record.headers {
+        if name != header::HOST && name != header::CONTENT_LENGTH {
+            request = request.header(name, value);
+        }
+    }
+    request.body(Full::new(record.body.clone())).ok()
+}
+
+fn print_summary(tally: &Tally, elapsed: Duration, skipped: u64) {
+    let sent = tally.sent.load(Relaxed);
+    let rate = sent as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
+    println!(
+        "replayed {sent} requests in {:.2} s ({rate:.0} req/s)",
+        elapsed.as_secs_f64()
+    );
+    let classes: Vec<String> = tally
+        .by_class
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{}xx {}", i + 1, n.load(Relaxed)))
+        .collect();
+    println!(
+        "responses: {}; errors {}",
+        classes.join(", "),
+        tally.errors.load(Relaxed)
+    );
+    let ms = |q: f64| {
+        tally.latency.quantile(q).map_or_else(
+            || "-".to_owned(),
+            |d| format!("{:.2} ms", d.as_secs_f64() * 1000.0),
+        )
+    };
+    println!("latency: p50 {}, p99 {}", ms(0.5), ms(0.99));
+    if skipped > 0 {
+        println!("skipped {skipped} lines that are not records");
+    }
+}

@@ -1,0 +1,140 @@
+//! `mirror-proxy replay`, run as a process against real servers on loopback: a recording the
+//! proxy made is replayed byte-exact (method, path, query, headers, body), from plain and gzip
+//! files in order, and a source that cannot be read stops it with exit code 2.
+
+mod support;
+
+use std::io::Write;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, StatusCode};
+use http_body_util::Full;
+use support::{Proxy, Received, Server, TempDir, client, run_to_exit, send, target_named};
+
+/// What the tests send through the proxy, and expect again from the replay.
+fn originals() -> Vec<Request<Full<Bytes>>> {
+    let binary: Bytes = (0..=255u8).cycle().take(3000).collect();
+    vec![
+        Request::get("/api/users?page=2&q=a%20b")
+            .header("x-user-id", "42")
+            .header("accept", "application/json")
+            .body(Full::default())
+            .unwrap(),
+        Request::post("/api/upload")
+            .header("content-type", "application/octet-stream")
+            .header("x-bytes", HeaderValue::from_bytes(b"caf\xe9").unwrap())
+            .body(Full::new(binary))
+            .unwrap(),
+        Request::builder()
+            .method(Method::DELETE)
+            .uri("/api/users/7")
+            .header("x-twice", "one")
+            .header("x-twice", "two")
+            .body(Full::default())
+            .unwrap(),
+    ]
+}
+
+/// Records the originals through a proxy whose only target is a file; returns its path.
+async fn record(dir: &TempDir) -> std::path::PathBuf {
+    let upstream = Server::upstream().await;
+    let file = dir.path().join("traffic.ndjson");
+    let config = dir.file(
+        "proxy.toml",
+        &format!(
+            "[[mirror]]\nname = \"recording\"\nurl = \"file://{}\"\n",
+            file.display()
+        ),
+    );
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &upstream.url,
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .await;
+    let client = client();
+    for original in originals() {
+        let (parts, body) = original.into_parts();
+        let mut request = Request::from_parts(parts, body);
+        *request.uri_mut() = proxy.url(&request.uri().to_string()).parse().unwrap();
+        assert_eq!(send(&client, request).await.status(), StatusCode::OK);
+    }
+    proxy
+        .wait_stats("three records written", |s| {
+            target_named(s, "recording")["responded"] == 3
+        })
+        .await;
+    file
+}
+
+/// The replayed request matches the original: method, path and query, its own headers in
+/// order (repeated ones too), and the body byte for byte.
+fn assert_replayed(received: &Received, original: &Request<Full<Bytes>>, body: &[u8]) {
+    assert_eq!(received.method, original.method());
+    assert_eq!(
+        received.uri.path_and_query().unwrap().as_str(),
+        original.uri().path_and_query().unwrap().as_str()
+    );
+    for name in original.headers().keys() {
+        let sent: Vec<&HeaderValue> = original.headers().get_all(name).iter().collect();
+        let got: Vec<&HeaderValue> = received.headers.get_all(name).iter().collect();
+        assert_eq!(got, sent, "{name}");
+    }
+    assert_eq!(&received.body[..], body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_is_replayed_byte_exact_from_plain_and_gzip_files() {
+    let dir = TempDir::new();
+    let plain = record(&dir).await;
+    let gz = dir.path().join("traffic.1.ndjson.gz");
+    {
+        let mut encoder = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz).unwrap(),
+            flate2::Compression::default(),
+        );
+        encoder.write_all(&std::fs::read(&plain).unwrap()).unwrap();
+        encoder.finish().unwrap();
+    }
+    let target = Server::shadow().await;
+    let (status, stdout, stderr) = run_to_exit(&[
+        "replay",
+        plain.to_str().unwrap(),
+        gz.to_str().unwrap(),
+        "--to",
+        &target.url,
+        "--max",
+        "--concurrency",
+        "1",
+    ])
+    .await;
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("replayed 6 requests"), "{stdout}");
+    assert!(stdout.contains("2xx 6"), "{stdout}");
+    let received = target.wait_for(6).await;
+    let bodies: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        (0..=255u8).cycle().take(3000).collect(),
+        Vec::new(),
+    ];
+    // One at a time, in recorded order: the plain file, then the gzip one.
+    for (n, received) in received.iter().enumerate() {
+        let i = n % 3;
+        assert_replayed(received, &originals()[i], &bodies[i]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_cannot_be_read_exits_2_with_one_line() {
+    let (status, _, stderr) = run_to_exit(&[
+        "replay",
+        "/no/such/recording.ndjson",
+        "--to",
+        "http://127.0.0.1:9",
+    ])
+    .await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("/no/such/recording.ndjson"), "{stderr}");
+}
