@@ -393,11 +393,8 @@ impl FileMirror {
             ("keep_files", self.keep_files.is_some()),
             ("gzip", self.gzip),
         ];
-        let is_file = target
-            .url
-            .get(..7)
-            .is_some_and(|s| s.eq_ignore_ascii_case("file://"));
-        if let Some((key, _)) = recording.iter().find(|(_, set)| *set).filter(|_| !is_file) {
+        let set = recording.iter().find(|(_, set)| *set);
+        if let Some((key, _)) = set.filter(|_| !target.is_recording()) {
             return Err(invalid(
                 key,
                 "only for a recording target (url = \"file:///…\")".to_owned(),
@@ -1350,6 +1347,11 @@ mod tests {
             ("methods = [\"GET\", \"FETCH\"]", "methods"),
             ("paths = [\"api\"]", "paths"),
             ("headers = { \"bad name\" = \"1\" }", "headers"),
+            ("max_connections = 0", "max_connections"),
+            // Recording settings on an HTTP target.
+            ("gzip = true", "gzip"),
+            ("keep_files = 3", "keep_files"),
+            ("rotate_size = \"1MiB\"", "rotate_size"),
         ];
         for (table, key) in cases {
             let text = err(table);

@@ -97,6 +97,13 @@ async fn a_recording_is_replayed_byte_exact_from_plain_and_gzip_files() {
         encoder.write_all(&std::fs::read(&plain).unwrap()).unwrap();
         encoder.finish().unwrap();
     }
+    // A line cut short, as a crash mid-write leaves one: skipped and counted.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&plain)
+        .unwrap()
+        .write_all(b"{\"v\":1,\"time\":\"2026-11-30T01:0\n")
+        .unwrap();
     let target = Server::shadow().await;
     let (status, stdout, stderr) = run_to_exit(&[
         "replay",
@@ -112,6 +119,7 @@ async fn a_recording_is_replayed_byte_exact_from_plain_and_gzip_files() {
     assert!(status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("replayed 6 requests"), "{stdout}");
     assert!(stdout.contains("2xx 6"), "{stdout}");
+    assert!(stdout.contains("skipped 1 lines"), "{stdout}");
     let received = target.wait_for(6).await;
     let bodies: Vec<Vec<u8>> = vec![
         Vec::new(),

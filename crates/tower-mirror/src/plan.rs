@@ -120,7 +120,7 @@ impl Plan {
                     .filter(|b| b.spec.rate_limit == spec.rate_limit)
                     .and_then(|b| b.admission.limits.rate.clone());
                 let admission = compile_admission(&spec, max_in_flight, rate)?;
-                if crate::sink::is_recording(&spec.url) {
+                if spec.is_recording() {
                     // Written down, not sent: no URL to join, no connection.
                     let previous = kept.and_then(|b| match &b.client {
                         Transport::Sink(sink) => Some(sink),

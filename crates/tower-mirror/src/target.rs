@@ -254,6 +254,14 @@ impl Target {
         self
     }
 
+    /// Whether this is a recording target: its URL is `file://…` (any case), so its mirrors
+    /// are written down ([`RecordFile`]) instead of sent.
+    pub fn is_recording(&self) -> bool {
+        self.url
+            .get(..7)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("file://"))
+    }
+
     /// The connection limit of a target that sets none: 1,024, as Envoy's circuit breakers.
     pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 

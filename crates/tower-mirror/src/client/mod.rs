@@ -230,8 +230,10 @@ impl Transport {
     /// A place for one request that can be written at once, or `None`.
     pub(crate) fn reserve(&self) -> Option<Reservation> {
         match self {
-            Self::Pooled(pool) => pool.reserve().map(Reservation::Pooled),
-            Self::Custom(sender) => Some(Reservation::Custom(Arc::clone(sender))),
+            Self::Pooled(pool) => pool
+                .reserve()
+                .map(|lease| Reservation::Send(Outbound::Pooled(lease))),
+            Self::Custom(sender) => Some(Reservation::Send(Outbound::Custom(Arc::clone(sender)))),
             Self::Sink(sink) => Some(Reservation::Sink(Arc::clone(sink))),
         }
     }
@@ -239,7 +241,14 @@ impl Transport {
 
 /// A place for one request, from [`Transport::reserve`].
 pub(crate) enum Reservation {
+    /// To be sent.
+    Send(Outbound),
+    /// To be written down by a recording target's sink.
+    Sink(Arc<dyn Sink>),
+}
+
+/// How a mirror that is sent goes out.
+pub(crate) enum Outbound {
     Pooled(Lease),
     Custom(Arc<dyn Sender>),
-    Sink(Arc<dyn Sink>),
 }

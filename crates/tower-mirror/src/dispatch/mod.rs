@@ -109,26 +109,29 @@ impl PendingMirror {
             counters
                 .sent
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Reservation::Sink(sink) = reservation {
-                let record = Record {
-                    time: SystemTime::now(),
-                    id: crate::sink::next_id(),
-                    snapshot: Arc::clone(&self.snapshot),
-                    body: payload.clone(),
-                    settle: Box::new(slot),
-                };
-                // Its queue is as long as `max_in_flight`, so this is rare: written off as
-                // any mirror over the bound.
-                if sink.record(record).is_err() {
-                    counters
-                        .sent
-                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                    counters
-                        .dropped_overload
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let outbound = match reservation {
+                Reservation::Send(outbound) => outbound,
+                Reservation::Sink(sink) => {
+                    let record = Record {
+                        time: SystemTime::now(),
+                        id: crate::sink::next_id(),
+                        snapshot: Arc::clone(&self.snapshot),
+                        body: payload.clone(),
+                        settle: Box::new(slot),
+                    };
+                    // Its queue is as long as `max_in_flight`, so this is rare: written off as
+                    // any mirror over the bound.
+                    if sink.record(record).is_err() {
+                        counters
+                            .sent
+                            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        counters
+                            .dropped_overload
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    continue;
                 }
-                continue;
-            }
+            };
             let body = payload
                 .clone()
                 .map_or_else(MirrorBody::empty, MirrorBody::from_payload);
@@ -140,7 +143,7 @@ impl PendingMirror {
                 .collect();
             spawned(runtime.spawn(mirror_one(
                 slot,
-                reservation,
+                outbound,
                 Arc::clone(&self.plan),
                 Arc::clone(&self.snapshot),
                 body,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use http::Request;
 
 use crate::body::MirrorBody;
-use crate::client::Reservation;
+use crate::client::Outbound;
 use crate::control::Tracker;
 use crate::error::MirrorError;
 use crate::observe::Observation;
@@ -70,7 +70,7 @@ impl Drop for InFlight {
 /// Sends one mirror, records its outcome, tells the callbacks and observations.
 pub(super) async fn mirror_one(
     slot: InFlight,
-    reservation: Reservation,
+    outbound: Outbound,
     plan: Arc<Plan>,
     snapshot: Arc<RequestSnapshot>,
     body: MirrorBody,
@@ -106,7 +106,7 @@ pub(super) async fn mirror_one(
         status = tracing::field::Empty,
         outcome = tracing::field::Empty,
     );
-    let outcome = send(reservation, request, plan.timeout, capture)
+    let outcome = send(outbound, request, plan.timeout, capture)
         .instrument(span.clone())
         .await;
     let (status, label) = match &outcome {
@@ -146,13 +146,13 @@ pub(super) async fn mirror_one(
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Sends `request` on its reservation and reads the response, all within `timeout`.
+/// Sends `request` over `outbound` and reads the response, all within `timeout`.
 ///
 /// With the layer's pool, a connection that cannot be opened in time is a connect error,
 /// not a timeout: the request never went out. An error after it went out carries the time
 /// since.
 async fn send(
-    reservation: Reservation,
+    outbound: Outbound,
     request: Request<MirrorBody>,
     timeout: Duration,
     capture: usize,
@@ -160,17 +160,13 @@ async fn send(
     let deadline = tokio::time::Instant::now() + timeout;
     let method = request.method().clone();
     let uri = request.uri().clone();
-    let sending = match reservation {
-        Reservation::Custom(sender) => sender.send(request),
-        // Recording targets never get here: their records go straight to the sink.
-        Reservation::Sink(_) => return Err(MirrorError::uri()),
-        Reservation::Pooled(lease) => {
-            match tokio::time::timeout_at(deadline, lease.connect()).await {
-                Ok(Ok(ready)) => ready.send(request),
-                Ok(Err(error)) => return Err(MirrorError::connect(error)),
-                Err(_elapsed) => return Err(MirrorError::connect_timeout(timeout)),
-            }
-        }
+    let sending = match outbound {
+        Outbound::Custom(sender) => sender.send(request),
+        Outbound::Pooled(lease) => match tokio::time::timeout_at(deadline, lease.connect()).await {
+            Ok(Ok(ready)) => ready.send(request),
+            Ok(Err(error)) => return Err(MirrorError::connect(error)),
+            Err(_elapsed) => return Err(MirrorError::connect_timeout(timeout)),
+        },
     };
     let went_out = Instant::now();
     match tokio::time::timeout_at(deadline, exchange(sending, method, uri, capture)).await {

@@ -68,12 +68,6 @@ pub(crate) fn process_nonce() -> u64 {
     })
 }
 
-/// Whether `url` names a recording target rather than an HTTP one.
-pub(crate) fn is_recording(url: &str) -> bool {
-    url.get(..7)
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("file://"))
-}
-
 /// Opens the sink of a recording target (whose URL is `file://…`), or keeps `previous` if it
 /// serves the same. `capacity` bounds its queue. Errors name the target: a path that cannot
 /// be written, or (without the `record` feature) any recording target at all.
