@@ -132,7 +132,11 @@ async fn diff_json(State(admin): State<Admin>) -> Response {
 
 async fn diff_html(State(admin): State<Admin>) -> Response {
     let report = admin.live.diff().as_ref().map(Diff::report);
-    axum::response::Html(crate::diff_page::html(report.as_ref())).into_response()
+    axum::response::Html(crate::diff_page::html(
+        report.as_ref(),
+        admin.live.has_baseline(),
+    ))
+    .into_response()
 }
 
 async fn stats(State(admin): State<Admin>) -> Response {

@@ -133,7 +133,8 @@ pub struct RunArgs {
     /// "10/m", "1000/h"), max_connections (default 1024), methods, paths and exclude_paths (prefixes on segment
     /// boundaries), path_regex, headers ({ name = "exact value" }), rewrite_path
     /// ({ from = REGEX, to = REPLACEMENT }), compare, baseline; for a recording target
-    /// (url = "file:///path/traffic.ndjson") rotate_size, rotate_after, keep_files, gzip; and a
+    /// (url = "file:///path/traffic.ndjson") rotate_size, rotate_after, keep_files, gzip,
+    /// record_response, max_response_body; and a
     /// `[diff]` table.
     #[arg(long, value_name = "FILE", env = "MIRROR_PROXY_CONFIG")]
     pub config: Option<PathBuf>,
@@ -290,6 +291,11 @@ struct FileMirror {
     /// A recording target: gzip the rotated files.
     #[serde(default)]
     gzip: bool,
+    /// A recording target: record the primary's response too (for `replay --compare`).
+    #[serde(default)]
+    record_response: bool,
+    /// A recording target: keep this much of the primary's response body ("256KiB").
+    max_response_body: Option<String>,
     /// Only these methods.
     #[serde(default)]
     methods: Vec<String>,
@@ -392,6 +398,8 @@ impl FileMirror {
             ("rotate_after", self.rotate_after.is_some()),
             ("keep_files", self.keep_files.is_some()),
             ("gzip", self.gzip),
+            ("record_response", self.record_response),
+            ("max_response_body", self.max_response_body.is_some()),
         ];
         let set = recording.iter().find(|(_, set)| *set);
         if let Some((key, _)) = set.filter(|_| !target.is_recording()) {
@@ -400,7 +408,13 @@ impl FileMirror {
                 "only for a recording target (url = \"file:///…\")".to_owned(),
             ));
         }
-        let mut record = RecordFile::default().gzip(self.gzip);
+        let mut record = RecordFile::default()
+            .gzip(self.gzip)
+            .response(self.record_response);
+        if let Some(size) = &self.max_response_body {
+            let bytes = parse_size(size).map_err(|e| invalid("max_response_body", e))?;
+            record = record.max_response_body_bytes(bytes);
+        }
         if let Some(size) = &self.rotate_size {
             let bytes = parse_size(size).map_err(|e| invalid("rotate_size", e))?;
             record = record.rotate_bytes(bytes as u64);
@@ -1013,6 +1027,15 @@ impl fmt::Debug for AdminToken {
     }
 }
 
+/// The comparison rules of the config file at `path`: the library's defaults plus its
+/// `[diff]` table (`mirror-proxy replay --compare --config FILE`).
+///
+/// # Errors
+/// The file cannot be read or is not a valid config file (one line naming the file and line).
+pub fn diff_options_from(path: &Path) -> Result<tower_mirror::diff::DiffOptions, ConfigError> {
+    Ok(diff_options(read_file(path)?.diff.unwrap_or_default()))
+}
+
 /// The library's defaults, plus what the `[diff]` table adds.
 fn diff_options(file: FileDiff) -> tower_mirror::diff::DiffOptions {
     let mut options = tower_mirror::diff::DiffOptions::default();
@@ -1352,6 +1375,7 @@ mod tests {
             ("gzip = true", "gzip"),
             ("keep_files = 3", "keep_files"),
             ("rotate_size = \"1MiB\"", "rotate_size"),
+            ("record_response = true", "record_response"),
         ];
         for (table, key) in cases {
             let text = err(table);

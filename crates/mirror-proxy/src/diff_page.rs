@@ -93,9 +93,11 @@ text-align:left;vertical-align:top}th{background:#f4f4f4}td.n{text-align:right}\
 tr.noise td{color:#888}code{font:12px ui-monospace,monospace;white-space:pre-wrap;\
 word-break:break-all}.bad{color:#b00020;font-weight:600}.ok{color:#2e7d32}";
 
-/// `/diff.html`: routes sorted by divergence, each linking to its differing fields with the
-/// primary's and the shadow's values side by side.
-pub fn html(report: Option<&DiffReport>) -> String {
+/// `/diff.html` (and `replay --report`): routes sorted by divergence, each linking to its
+/// differing fields with the primary's and the shadow's values side by side. `baseline`
+/// says whether a noise baseline is configured: only then does the page claim noise is
+/// cancelled.
+pub fn html(report: Option<&DiffReport>, baseline: bool) -> String {
     let mut page = String::new();
     let _ = write!(
         page,
@@ -114,9 +116,15 @@ pub fn html(report: Option<&DiffReport>) -> String {
     let equal: u64 = report.routes.iter().map(|r| r.equal).sum();
     let _ = write!(
         page,
-        "<p>{compared} responses compared on {} routes; {} differed (noise cancelled).",
+        "<p>{compared} responses compared on {} routes; {} differed{}",
         report.routes.len(),
-        compared - equal
+        compared - equal,
+        if baseline {
+            " (noise learnt from the baseline cancelled)."
+        } else {
+            ". No baseline target is configured, so nothing is cancelled as noise \
+             (<code>baseline = true</code> on a target running the primary's build)."
+        }
     );
     if report.untracked_routes > 0 {
         let _ = write!(
@@ -232,8 +240,17 @@ mod tests {
     }
 
     #[test]
+    fn noise_cancellation_is_claimed_only_with_a_baseline() {
+        let report = DiffReport::default();
+        assert!(html(Some(&report), true).contains("noise learnt from the baseline cancelled"));
+        let without = html(Some(&report), false);
+        assert!(!without.contains("cancelled)"), "{without}");
+        assert!(without.contains("No baseline target is configured"));
+    }
+
+    #[test]
     fn without_comparisons_the_page_says_how_to_enable_them() {
-        assert!(html(None).contains("compare = true"));
+        assert!(html(None, false).contains("compare = true"));
         assert_eq!(json(None)["routes"], json!([]));
     }
 }

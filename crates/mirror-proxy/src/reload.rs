@@ -213,6 +213,17 @@ impl Live {
         self.lock().diff.as_ref().map(|(_, diff)| diff.clone())
     }
 
+    /// Whether a target in force is the comparisons' noise baseline: only then is noise
+    /// cancelled.
+    pub fn has_baseline(&self) -> bool {
+        self.lock()
+            .config
+            .mirror
+            .targets
+            .iter()
+            .any(|t| t.is_baseline())
+    }
+
     /// The admin token in force, if one is configured.
     pub fn token(&self) -> Option<Arc<AdminToken>> {
         self.token.load_full()

@@ -16,8 +16,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::Semaphore;
+use tower_mirror::diff::{CapturedResponse, Diff};
 use tower_mirror::outbound::BaseUrl;
-use tower_mirror::record::Recorded;
+use tower_mirror::record::{Recorded, RecordedResponse};
 
 use crate::telemetry::LatencyHistogram;
 
@@ -45,6 +46,16 @@ pub struct ReplayArgs {
     /// Replay the whole recording this many times.
     #[arg(long = "loop", value_name = "N", default_value_t = 1)]
     pub loops: u32,
+    /// Compare each response with the primary's recorded one (records written with
+    /// `record_response = true`) and print the differences per route.
+    #[arg(long)]
+    pub compare: bool,
+    /// Also write the comparison report as an HTML page to this file (implies --compare).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Compare by this config file's `[diff]` rules (ignored headers and fields).
+    #[arg(long, value_name = "FILE", requires = "compare")]
+    pub config: Option<PathBuf>,
 }
 
 /// "2x", "2", "0.5x": a positive factor.
@@ -76,7 +87,13 @@ struct Tally {
     by_class: [AtomicU64; 5],
     errors: AtomicU64,
     latency: LatencyHistogram,
+    /// With --compare: responses compared, and records without a recorded response.
+    compared: AtomicU64,
+    no_recorded_response: AtomicU64,
 }
+
+/// The name replayed responses are reported under.
+const REPLAY_TARGET: &str = "replay";
 
 /// Runs a replay; exit code 0 unless a source cannot be read or the flags are wrong (2).
 pub async fn run(args: ReplayArgs) -> ExitCode {
@@ -91,6 +108,22 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
     if args.concurrency == 0 {
         return bad("--concurrency must be at least 1".to_owned());
     }
+    let compare = args.compare || args.report.is_some();
+    let diff = if compare {
+        let options = match &args.config {
+            Some(path) => match crate::config::diff_options_from(path) {
+                Ok(options) => options,
+                Err(error) => return bad(error.to_string()),
+            },
+            None => tower_mirror::diff::DiffOptions::default(),
+        };
+        match Diff::new(options) {
+            Ok(diff) => Some(diff),
+            Err(error) => return bad(format!("[diff]: {error}")),
+        }
+    } else {
+        None
+    };
     let pacing = match (args.max, args.rate, args.speed) {
         (true, _, _) => Pacing::Max,
         (_, Some(rate), _) if rate.count() == 0 || rate.per().is_zero() => {
@@ -142,6 +175,19 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
             };
             let request = build(record, &base);
             let (client, tally) = (client.clone(), Arc::clone(&tally));
+            // What the replayed response is compared with, if anything.
+            let comparison = diff.as_ref().and_then(|diff| match &record.response {
+                Some(recorded) => Some((
+                    diff.clone(),
+                    record.method.clone(),
+                    record.uri.clone(),
+                    recorded.clone(),
+                )),
+                None => {
+                    tally.no_recorded_response.fetch_add(1, Relaxed);
+                    None
+                }
+            });
             tokio::spawn(async move {
                 let _permit = permit;
                 tally.sent.fetch_add(1, Relaxed);
@@ -150,9 +196,31 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
                     Some(request) => match client.request(request).await {
                         Ok(response) => {
                             let class = usize::from(response.status().as_u16() / 100);
-                            let _ = response.into_body().collect().await;
+                            let latency = sent.elapsed();
+                            let (head, body) = response.into_parts();
+                            let limit = comparison.as_ref().map_or(0, |_| COMPARE_BODY_LIMIT);
+                            let Ok((body, complete)) = read_body(body, limit).await else {
+                                tally.errors.fetch_add(1, Relaxed);
+                                return;
+                            };
                             tally.latency.record(sent.elapsed());
                             tally.by_class[class.clamp(1, 5) - 1].fetch_add(1, Relaxed);
+                            if let Some((diff, method, uri, recorded)) = comparison {
+                                let mut replayed =
+                                    CapturedResponse::new(head.status, head.headers, body)
+                                        .latency(latency);
+                                if !complete {
+                                    replayed = replayed.incomplete();
+                                }
+                                diff.compare(
+                                    REPLAY_TARGET,
+                                    &method,
+                                    &uri,
+                                    captured(recorded),
+                                    replayed,
+                                );
+                                tally.compared.fetch_add(1, Relaxed);
+                            }
                         }
                         Err(_) => {
                             tally.errors.fetch_add(1, Relaxed);
@@ -171,7 +239,103 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
     // Every permit back: every request answered or failed.
     let _ = permits.acquire_many(args.concurrency as u32).await;
     print_summary(&tally, started.elapsed(), skipped);
+    if let Some(diff) = &diff {
+        let report = diff.report();
+        print_comparison(&tally, &report);
+        if let Some(path) = &args.report {
+            let page = crate::diff_page::html(Some(&report), false);
+            if let Err(error) = std::fs::write(path, page) {
+                eprintln!("mirror-proxy replay: --report {}: {error}", path.display());
+            }
+        }
+    }
     ExitCode::SUCCESS
+}
+
+/// Bytes of a replayed response body kept for --compare: more than the diff compares
+/// (256 KiB by default, `[diff] max_body`), so that a longer body shows as not compared.
+const COMPARE_BODY_LIMIT: usize = 16 << 20;
+
+/// Reads `body` to its end, keeping at most `limit` bytes; true when they are all of it.
+async fn read_body(
+    mut body: hyper::body::Incoming,
+    limit: usize,
+) -> Result<(Bytes, bool), hyper::Error> {
+    let mut kept = Vec::new();
+    let mut complete = true;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            let room = limit.saturating_sub(kept.len());
+            complete &= data.len() <= room;
+            kept.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+    Ok((Bytes::from(kept), complete))
+}
+
+/// A recorded response as the diff takes it.
+fn captured(recorded: RecordedResponse) -> CapturedResponse {
+    let headers = recorded.headers.into_iter().collect();
+    let response =
+        CapturedResponse::new(recorded.status, headers, recorded.body).latency(recorded.latency);
+    if recorded.truncated {
+        response.incomplete()
+    } else {
+        response
+    }
+}
+
+/// The comparison, per route: how many differed, and in which fields.
+fn print_comparison(tally: &Tally, report: &tower_mirror::diff::DiffReport) {
+    let compared = tally.compared.load(Relaxed);
+    let differed: u64 = report.routes.iter().map(|r| r.compared - r.equal).sum();
+    println!("compared {compared} responses with the recorded ones: {differed} differed");
+    let missing = tally.no_recorded_response.load(Relaxed);
+    if missing > 0 {
+        println!(
+            "not compared: {missing} records without a recorded response (record_response = true records them)"
+        );
+    }
+    for route in &report.routes {
+        println!(
+            "  {}: {} compared, {} differ ({:.1} %): status {}, headers {}, body {}{}",
+            route.route,
+            route.compared,
+            route.compared - route.equal,
+            route.divergence() * 100.0,
+            route.differing_status,
+            route.differing_headers,
+            route.differing_body,
+            if route.body_not_compared > 0 {
+                format!(
+                    "; {} bodies over the cap, not compared",
+                    route.body_not_compared
+                )
+            } else {
+                String::new()
+            }
+        );
+        for field in route.fields.iter().filter(|f| f.differing > 0) {
+            let example = field.examples.first().map_or_else(String::new, |e| {
+                format!(
+                    ", e.g. {}: {} -> {}",
+                    e.uri,
+                    e.primary.as_deref().unwrap_or("(none)"),
+                    e.shadow.as_deref().unwrap_or("(none)")
+                )
+            });
+            println!(
+                "    {} {}: {} differ{example}",
+                field.part.as_str(),
+                if field.path.is_empty() {
+                    "-"
+                } else {
+                    &field.path
+                },
+                field.differing
+            );
+        }
+    }
 }
 
 /// The records of one file, and how many lines were not records.

@@ -34,6 +34,9 @@ pub(crate) struct Plan {
     pub(crate) on_error: Option<ErrorCallback>,
     pub(crate) on_success: Option<SuccessCallback>,
     pub(crate) observers: Box<[Arc<dyn Observer>]>,
+    /// Some target records the primary's response: requests it takes need a
+    /// [`ResponseJoin`](crate::sink::ResponseJoin).
+    pub(crate) records_responses: bool,
     /// Targets the replacement that made this plan removed: their counts stay readable until
     /// the next one.
     pub(crate) retired: Box<[Arc<TargetRuntime>]>,
@@ -188,6 +191,9 @@ impl Plan {
             .map(|p| &p.budget)
             .filter(|b| b.limit() == options.max_buffered_bytes)
             .map_or_else(|| ByteBudget::new(options.max_buffered_bytes), Arc::clone);
+        let records_responses = targets
+            .iter()
+            .any(|t| t.spec.is_recording() && t.spec.record.response);
         Ok(Self {
             targets,
             timeout: options.timeout,
@@ -201,6 +207,7 @@ impl Plan {
             on_error: options.on_error,
             on_success: options.on_success,
             observers: options.observers.into(),
+            records_responses,
             retired,
         })
     }

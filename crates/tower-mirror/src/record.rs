@@ -13,13 +13,13 @@
 //! ```
 
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
-use http::{Method, Uri, Version};
+use http::{Method, StatusCode, Uri, Version};
 use serde_json::Value;
 
 /// The format version this crate writes and reads (`"v"` in every record).
@@ -47,6 +47,27 @@ pub struct Recorded {
     pub body_length: u64,
     /// Only the first bytes of the body were recorded.
     pub truncated: bool,
+    /// The primary's response, when the target recorded it
+    /// ([`RecordFile::response`](crate::RecordFile::response)) and it came.
+    pub response: Option<RecordedResponse>,
+}
+
+/// The primary's response to a recorded request.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RecordedResponse {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers, in order.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body bytes kept (all of them unless `truncated`).
+    pub body: Bytes,
+    /// The whole body's length, in bytes.
+    pub body_length: u64,
+    /// Only the first bytes of the body were recorded.
+    pub truncated: bool,
+    /// Time from the request reaching the layer to the response head.
+    pub latency: Duration,
 }
 
 /// Why a line is not a record this crate can read: it names the field.
@@ -91,27 +112,33 @@ impl Recorded {
             "HTTP/3" => Version::HTTP_3,
             _ => return Err(bad("version")),
         };
-        let headers = value["headers"]
-            .as_array()
-            .ok_or_else(|| bad("headers"))?
-            .iter()
-            .map(|pair| {
-                let name = pair[0].as_str().ok_or_else(|| bad("headers"))?;
-                let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad("headers"))?;
-                let bytes = match &pair[1] {
-                    Value::String(text) => text.as_bytes().to_vec(),
-                    encoded => STANDARD
-                        .decode(encoded["base64"].as_str().ok_or_else(|| bad("headers"))?)
-                        .map_err(|_| bad("headers"))?,
-                };
-                let value = HeaderValue::from_bytes(&bytes).map_err(|_| bad("headers"))?;
-                Ok((name, value))
-            })
-            .collect::<Result<_, RecordError>>()?;
-        let body = &value["body"];
-        let bytes = STANDARD
-            .decode(body["base64"].as_str().ok_or_else(|| bad("body"))?)
-            .map_err(|_| bad("body"))?;
+        let headers = parse_headers(&value["headers"]).ok_or_else(|| bad("headers"))?;
+        let (body, body_length, truncated) =
+            parse_body(&value["body"]).ok_or_else(|| bad("body"))?;
+        let response = match &value["response"] {
+            Value::Null => None,
+            response => {
+                let status = response["status"]
+                    .as_u64()
+                    .and_then(|s| u16::try_from(s).ok())
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                    .ok_or_else(|| bad("response.status"))?;
+                let latency = response["latency_ns"]
+                    .as_u64()
+                    .ok_or_else(|| bad("response.latency_ns"))?;
+                let (body, body_length, truncated) =
+                    parse_body(&response["body"]).ok_or_else(|| bad("response.body"))?;
+                Some(RecordedResponse {
+                    status,
+                    headers: parse_headers(&response["headers"])
+                        .ok_or_else(|| bad("response.headers"))?,
+                    body,
+                    body_length,
+                    truncated,
+                    latency: Duration::from_nanos(latency),
+                })
+            }
+        };
         Ok(Self {
             time,
             id: text("id")?.to_owned(),
@@ -119,9 +146,37 @@ impl Recorded {
             uri,
             version,
             headers,
-            body_length: body["length"].as_u64().ok_or_else(|| bad("body"))?,
-            truncated: body["truncated"].as_bool().unwrap_or(false),
-            body: Bytes::from(bytes),
+            body_length,
+            truncated,
+            body,
+            response,
         })
     }
+}
+
+/// `[["name","value"],…]`, a value that is not UTF-8 as `{"base64":"…"}`.
+fn parse_headers(value: &Value) -> Option<Vec<(HeaderName, HeaderValue)>> {
+    value
+        .as_array()?
+        .iter()
+        .map(|pair| {
+            let name = HeaderName::from_bytes(pair[0].as_str()?.as_bytes()).ok()?;
+            let bytes = match &pair[1] {
+                Value::String(text) => text.as_bytes().to_vec(),
+                encoded => STANDARD.decode(encoded["base64"].as_str()?).ok()?,
+            };
+            Some((name, HeaderValue::from_bytes(&bytes).ok()?))
+        })
+        .collect()
+}
+
+/// `{"base64":"…","length":N,"truncated":true}`: the bytes kept, the whole length, and
+/// whether they are fewer.
+fn parse_body(value: &Value) -> Option<(Bytes, u64, bool)> {
+    let bytes = STANDARD.decode(value["base64"].as_str()?).ok()?;
+    Some((
+        Bytes::from(bytes),
+        value["length"].as_u64()?,
+        value["truncated"].as_bool().unwrap_or(false),
+    ))
 }

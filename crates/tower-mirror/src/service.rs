@@ -16,8 +16,10 @@ use crate::control::Control;
 use crate::dispatch::{PendingMirror, runtime};
 use crate::future::{Observed, ResponseFuture};
 use crate::head::RequestHead;
+use crate::observe::Observation;
 use crate::outbound::request::RequestSnapshot;
 use crate::plan::Plan;
+use crate::sink::ResponseJoin;
 use crate::stats::{Ineligible, MirrorStats, SkipReason};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -95,7 +97,7 @@ where
         if chosen.is_empty() {
             return self.forward(request);
         }
-        let observations = if plan.observers.is_empty() {
+        let mut observations: Vec<Arc<dyn Observation>> = if plan.observers.is_empty() {
             Vec::new()
         } else {
             let specs: Vec<_> = chosen.iter().map(|t| &t.spec).collect();
@@ -104,6 +106,14 @@ where
                 .filter_map(|observer| observer.observe(&head, &specs))
                 .collect()
         };
+        let join = if plan.records_responses {
+            ResponseJoin::for_targets(chosen.iter().map(|t| &t.spec))
+        } else {
+            None
+        };
+        if let Some(join) = &join {
+            observations.push(Arc::clone(join) as Arc<dyn Observation>);
+        }
         let observed = Observed::new(&observations);
         let plan: Arc<Plan> = arc_swap::Guard::into_inner(plan);
         let pending = PendingMirror::new(
@@ -112,6 +122,7 @@ where
             chosen,
             RequestSnapshot::capture(&request),
             observations,
+            join,
         );
         let future = match plan.mode {
             Mode::Async => self.mirror_async(&plan, request, pending),

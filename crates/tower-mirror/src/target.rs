@@ -546,7 +546,7 @@ mod tests {
 ///             .gzip(true),
 ///     );
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RecordFile {
     /// Start a new file once the current one has this many bytes. Default `None`: never by
@@ -562,6 +562,31 @@ pub struct RecordFile {
     /// with its length. Default `None`: the whole body (which
     /// [`Options::max_body_bytes`](crate::Options::max_body_bytes) already bounds).
     pub max_body_bytes: Option<usize>,
+    /// Also record the primary's response: status, headers, the body up to
+    /// [`max_response_body_bytes`](Self::max_response_body_bytes) and the latency to its
+    /// head, so that a replay can be compared with what production answered
+    /// (`mirror-proxy replay --compare`). The record is then written once the primary's
+    /// response body has streamed to the client, or without a response if it never does
+    /// (the client went away, the body failed). Default `false`.
+    pub response: bool,
+    /// Bytes of the primary's response body kept when [`response`](Self::response) is on;
+    /// a longer body is cut and marked with its length. The primary's body is copied as it
+    /// streams, never delayed. Default 256 KiB.
+    pub max_response_body_bytes: usize,
+}
+
+impl Default for RecordFile {
+    fn default() -> Self {
+        Self {
+            rotate_bytes: None,
+            rotate_after: None,
+            keep_files: None,
+            gzip: false,
+            max_body_bytes: None,
+            response: false,
+            max_response_body_bytes: 256 << 10,
+        }
+    }
 }
 
 impl RecordFile {
@@ -592,6 +617,19 @@ impl RecordFile {
     /// Cuts long bodies: see [`max_body_bytes`](Self::max_body_bytes).
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
         self.max_body_bytes = Some(bytes);
+        self
+    }
+
+    /// Records the primary's response too: see [`response`](Self::response).
+    pub fn response(mut self, response: bool) -> Self {
+        self.response = response;
+        self
+    }
+
+    /// Cuts long response bodies: see
+    /// [`max_response_body_bytes`](Self::max_response_body_bytes).
+    pub fn max_response_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_response_body_bytes = bytes;
         self
     }
 }

@@ -298,3 +298,86 @@ fn a_path_that_cannot_be_written_is_a_configuration_error() {
         );
     }
 }
+
+/// A primary that answers 201 with an `x-answer` header naming the request and a body of
+/// `n * 37 % 3000` bytes.
+async fn answered(layer: &MirrorLayer, n: usize, read_response: bool) {
+    let mut service = layer.layer(tower::service_fn(|request: Request<_>| async move {
+        let n: usize = request.headers()["x-request"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let _ = BodyExt::collect(request.into_body()).await;
+        let response = Response::builder()
+            .status(201)
+            .header("x-answer", n.to_string())
+            .body(Full::new(body(n, n * 37 % 3000)))
+            .unwrap();
+        Ok::<_, Infallible>(response)
+    }));
+    let request = Request::post(format!("/orders/{n}"))
+        .header("x-request", n.to_string())
+        .body(Full::new(body(n, 100)))
+        .unwrap();
+    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    assert_eq!(response.status(), 201);
+    if read_response {
+        let got = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            got,
+            body(n, n * 37 % 3000),
+            "the primary's body is untouched"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primarys_response_is_recorded_with_its_request() {
+    let dir = TempDir::new("response");
+    let recording = Target::new(dir.url("traffic.ndjson"))
+        .with_name("recording")
+        .record_file(
+            RecordFile::default()
+                .response(true)
+                .max_response_body_bytes(1000),
+        );
+    let layer = layer(recording);
+    const REQUESTS: usize = 200;
+    for n in 0..REQUESTS {
+        // Every tenth response is dropped unread: its record is written without one.
+        answered(&layer, n, n % 10 != 0).await;
+    }
+    let stats = settled(&layer).await.targets.remove(0);
+    assert_eq!(stats.responded as usize, REQUESTS, "{stats:?}");
+
+    let text = std::fs::read_to_string(dir.0.join("traffic.ndjson")).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let record = tower_mirror::record::Recorded::parse(line).unwrap();
+        let n: usize = record
+            .headers
+            .iter()
+            .find(|(name, _)| name == "x-request")
+            .map(|(_, v)| v.to_str().unwrap().parse().unwrap())
+            .unwrap();
+        assert!(seen.insert(n), "request {n} recorded twice");
+        let Some(response) = record.response else {
+            assert_eq!(
+                n % 10,
+                0,
+                "request {n}: its response streamed, so it is recorded"
+            );
+            continue;
+        };
+        assert_ne!(n % 10, 0, "request {n}: its response never streamed");
+        assert_eq!(response.status, 201);
+        let answer = response.headers.iter().find(|(name, _)| name == "x-answer");
+        assert_eq!(answer.unwrap().1, n.to_string().as_str(), "request {n}");
+        let whole = body(n, n * 37 % 3000);
+        assert_eq!(response.body_length, whole.len() as u64, "request {n}");
+        assert_eq!(response.truncated, whole.len() > 1000, "request {n}");
+        assert_eq!(response.body, whole[..whole.len().min(1000)], "request {n}");
+    }
+    assert_eq!(seen.len(), REQUESTS);
+}

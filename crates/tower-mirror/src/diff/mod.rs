@@ -339,6 +339,90 @@ impl Diff {
     }
 }
 
+impl Diff {
+    /// Compares `shadow`, the response of the target named `target`, with `primary`, the
+    /// response to the same request (`method`, `uri`), by this diff's rules, and adds the
+    /// result to the [report](Self::report) and to [`DiffOptions::on_comparison`], as for a
+    /// live mirror of a compared target. For responses captured elsewhere: mirror-proxy's
+    /// `replay --compare` compares each replayed response with the recorded one.
+    ///
+    /// With no baseline response here nothing is learnt as noise; fields learnt as noise
+    /// by live comparisons on the same route still count as noise. A body longer than
+    /// [`DiffOptions::max_body_bytes`], or not [complete](CapturedResponse::complete), is
+    /// not compared.
+    pub fn compare(
+        &self,
+        target: &str,
+        method: &Method,
+        uri: &Uri,
+        primary: CapturedResponse,
+        shadow: CapturedResponse,
+    ) {
+        let request = RequestInfo {
+            route: route::route(method, uri.path()),
+            method: method.clone(),
+            uri: uri.clone(),
+        };
+        let max = self.engine.max_body_bytes;
+        let side = |response: CapturedResponse| Side {
+            response: Captured {
+                status: response.status,
+                headers: response.headers,
+                complete: response.complete && response.body.len() <= max,
+                body: response.body,
+            },
+            latency: response.latency,
+        };
+        let shadow = Shadow {
+            name: target.to_owned(),
+            role: Role::Compared,
+            side: side(shadow),
+        };
+        self.engine.evaluate(&request, &side(primary), &[shadow]);
+    }
+}
+
+/// A response as [`Diff::compare`] takes it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct CapturedResponse {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The body, or its first bytes when not `complete`.
+    pub body: Bytes,
+    /// Whether `body` is the whole body. Default `true`.
+    pub complete: bool,
+    /// The time to the response head. Default zero.
+    pub latency: Duration,
+}
+
+impl CapturedResponse {
+    /// A complete response with no latency recorded.
+    pub fn new(status: StatusCode, headers: HeaderMap, body: Bytes) -> Self {
+        Self {
+            status,
+            headers,
+            body,
+            complete: true,
+            latency: Duration::ZERO,
+        }
+    }
+
+    /// Marks `body` as the first bytes only: see [`complete`](Self::complete).
+    pub fn incomplete(mut self) -> Self {
+        self.complete = false;
+        self
+    }
+
+    /// Sets the time to the response head: see [`latency`](Self::latency).
+    pub fn latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+}
+
 impl fmt::Debug for Diff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Diff").finish_non_exhaustive()

@@ -265,7 +265,7 @@ impl Aggregator {
 
 /// The aggregate of every comparison so far, from
 /// [`Diff::report`](super::Diff::report).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct DiffReport {
     /// Per compared target and route, most divergent first.

@@ -17,7 +17,7 @@ use crate::control::Tracker;
 use crate::observe::Observation;
 use crate::outbound::request::RequestSnapshot;
 use crate::plan::{Plan, TargetRuntime};
-use crate::sink::Record;
+use crate::sink::{Record, ResponseJoin};
 use crate::stats::SkipReason;
 
 use task::{InFlight, mirror_one};
@@ -33,6 +33,8 @@ pub(crate) struct PendingMirror {
     targets: Vec<Arc<TargetRuntime>>,
     snapshot: Arc<RequestSnapshot>,
     observations: Vec<Arc<dyn Observation>>,
+    /// Where records that keep the primary's response wait for it (one of `observations`).
+    join: Option<Arc<ResponseJoin>>,
     /// Sent or skipped: nothing left to count when dropped.
     settled: bool,
 }
@@ -44,6 +46,7 @@ impl PendingMirror {
         targets: Vec<Arc<TargetRuntime>>,
         snapshot: RequestSnapshot,
         observations: Vec<Arc<dyn Observation>>,
+        join: Option<Arc<ResponseJoin>>,
     ) -> Self {
         Self {
             plan,
@@ -51,6 +54,7 @@ impl PendingMirror {
             targets,
             snapshot: Arc::new(snapshot),
             observations,
+            join,
             settled: false,
         }
     }
@@ -117,17 +121,12 @@ impl PendingMirror {
                         id: crate::sink::next_id(),
                         snapshot: Arc::clone(&self.snapshot),
                         body: payload.clone(),
+                        response: None,
                         settle: Box::new(slot),
                     };
-                    // Its queue is as long as `max_in_flight`, so this is rare: written off as
-                    // any mirror over the bound.
-                    if sink.record(record).is_err() {
-                        counters
-                            .sent
-                            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                        counters
-                            .dropped_overload
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    match &self.join {
+                        Some(join) if target.spec.record.response => join.hold(sink, record),
+                        _ => crate::sink::deliver(&*sink, record),
                     }
                     continue;
                 }

@@ -54,6 +54,12 @@ impl crate::sink::Settle for InFlight {
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
+
+    fn dropped(self: Box<Self>) {
+        let counters = &self.target.state.counters;
+        counters.sent.fetch_sub(1, Ordering::Relaxed);
+        counters.dropped_overload.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Drop for InFlight {

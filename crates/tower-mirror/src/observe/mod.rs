@@ -66,11 +66,13 @@ pub struct PrimaryResponse {
     pub status: StatusCode,
     /// The headers.
     pub headers: HeaderMap,
-    /// The first [`Observation::body_limit`] bytes of the body, in the chunks they came in
-    /// (empty when the body was longer than that).
+    /// The first [`Observation::body_limit`] bytes of the body (the largest limit of the
+    /// request's observations), in the chunks they came in.
     pub body: Vec<Bytes>,
     /// True when `body` is the whole body.
     pub complete: bool,
+    /// The whole body's length, in bytes (what streamed to the client).
+    pub length: u64,
     /// Time from the request reaching the layer to the response head.
     pub latency: Duration,
 }
@@ -82,7 +84,9 @@ pub(crate) struct PrimaryTap {
     headers: http::HeaderMap,
     latency: std::time::Duration,
     chunks: Vec<Bytes>,
-    len: usize,
+    /// Bytes kept in `chunks`: at most `limit`.
+    kept: usize,
+    len: u64,
     limit: usize,
 }
 
@@ -104,6 +108,7 @@ impl PrimaryTap {
             status: response.status(),
             headers: response.headers().clone(),
             chunks: Vec::new(),
+            kept: 0,
             len: 0,
         }
     }
@@ -111,12 +116,12 @@ impl PrimaryTap {
 
 impl Tap for PrimaryTap {
     fn data(&mut self, data: &Bytes) {
-        self.len = self.len.saturating_add(data.len());
-        if self.len <= self.limit && !data.is_empty() {
-            self.chunks.push(data.clone());
-        } else if self.len > self.limit {
-            // Over the cap the body is cut: keep nothing more.
-            self.chunks = Vec::new();
+        self.len = self.len.saturating_add(data.len() as u64);
+        // The first `limit` bytes: reference-counted slices, never copies.
+        let take = data.len().min(self.limit - self.kept);
+        if take > 0 {
+            self.chunks.push(data.slice(..take));
+            self.kept += take;
         }
     }
 
@@ -125,7 +130,8 @@ impl Tap for PrimaryTap {
             status: self.status,
             headers: self.headers,
             body: self.chunks,
-            complete: self.len <= self.limit,
+            complete: self.len <= self.kept as u64,
+            length: self.len,
             latency: self.latency,
         };
         let Some((last, rest)) = self.observations.split_last() else {

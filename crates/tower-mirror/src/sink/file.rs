@@ -130,7 +130,7 @@ impl Writer {
                 line.push(b'\n');
             }
             for record in &batch {
-                format::write_line(&mut line, record, self.settings.max_body_bytes);
+                format::write_line(&mut line, record, &self.settings);
             }
             let written = self.file.write_all(&line).is_ok();
             self.dirty = !written;

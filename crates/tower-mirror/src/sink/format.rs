@@ -6,16 +6,17 @@ use std::io::Write;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use base64::write::EncoderWriter;
-use http::{HeaderValue, Version};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Version};
 
 use super::{Record, process_nonce};
+use crate::target::RecordFile;
 
 /// The format version written in every record's `v`: the one `record` reads.
 const VERSION: u64 = crate::record::FORMAT_VERSION;
 
-/// Appends `record` as one line (with its `\n`) to `out`, keeping at most `max_body` bytes
-/// of its body.
-pub(super) fn write_line(out: &mut Vec<u8>, record: &Record, max_body: Option<usize>) {
+/// Appends `record` as one line (with its `\n`) to `out`, its bodies cut as `settings` say.
+pub(super) fn write_line(out: &mut Vec<u8>, record: &Record, settings: &RecordFile) {
     let snapshot = &record.snapshot;
     out.extend_from_slice(b"{\"v\":");
     out.extend_from_slice(VERSION.to_string().as_bytes());
@@ -40,8 +41,42 @@ pub(super) fn write_line(out: &mut Vec<u8>, record: &Record, max_body: Option<us
         header(out, name.as_str(), value);
     }
     out.extend_from_slice(b"],\"body\":");
-    body(out, record, max_body);
+    let (chunks, length) = match &record.body {
+        Some(payload) => (&payload.chunks[..], payload.len),
+        None => (&[][..], 0),
+    };
+    body(out, chunks, length, settings.max_body_bytes);
+    if let Some(response) = &record.response {
+        let _ = write!(
+            out,
+            ",\"response\":{{\"status\":{},\"latency_ns\":{},\"headers\":",
+            response.status.as_u16(),
+            response.latency.as_nanos()
+        );
+        headers(out, &response.headers);
+        out.extend_from_slice(b",\"body\":");
+        // The tap kept at most the largest limit of the request's observers: cut to ours.
+        body(
+            out,
+            &response.body,
+            response.length,
+            Some(settings.max_response_body_bytes),
+        );
+        out.push(b'}');
+    }
     out.extend_from_slice(b"}\n");
+}
+
+/// `[["name","value"],…]`, in the map's order.
+fn headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+    out.push(b'[');
+    for (i, (name, value)) in headers.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        header(out, name.as_str(), value);
+    }
+    out.push(b']');
 }
 
 fn version(version: Version) -> &'static str {
@@ -76,14 +111,12 @@ fn header(out: &mut Vec<u8>, name: &str, value: &HeaderValue) {
     out.push(b']');
 }
 
-/// `{"base64":"…","length":N}`, with `"truncated":true` when only the first `max_body`
-/// bytes are kept (`length` is then the whole body's).
-fn body(out: &mut Vec<u8>, record: &Record, max_body: Option<usize>) {
-    let (chunks, length) = match &record.body {
-        Some(payload) => (&payload.chunks[..], payload.len),
-        None => (&[][..], 0),
-    };
-    let keep = max_body.map_or(length, |max| length.min(max as u64));
+/// `{"base64":"…","length":N}` of a body of `length` bytes whose first bytes are `chunks`,
+/// with `"truncated":true` when fewer than `length` bytes are kept: those in `chunks`, at
+/// most `max_body`.
+fn body(out: &mut Vec<u8>, chunks: &[Bytes], length: u64, max_body: Option<usize>) {
+    let held: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    let keep = max_body.map_or(held, |max| held.min(max as u64));
     out.extend_from_slice(b"{\"base64\":\"");
     {
         let mut encoder = EncoderWriter::new(&mut *out, &STANDARD);

@@ -10,13 +10,15 @@ mod file;
 #[cfg(feature = "record")]
 mod format;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::body::Payload;
 use crate::error::ConfigError;
+use crate::observe::{Observation, PrimaryResponse};
 use crate::outbound::request::RequestSnapshot;
+use crate::response::MirrorResponse;
 use crate::target::Target;
 
 /// Where a recording target's records go.
@@ -38,14 +40,110 @@ pub(crate) struct Record {
     pub(crate) id: u64,
     pub(crate) snapshot: Arc<RequestSnapshot>,
     pub(crate) body: Option<Arc<Payload>>,
+    /// The primary's response, for a target that records it ([`RecordFile::response`]
+    /// (crate::RecordFile::response)) and once it has streamed; `None` otherwise.
+    pub(crate) response: Option<Arc<PrimaryResponse>>,
     /// Told how writing went; holds the record's place among the target's in-flight ones.
     pub(crate) settle: Box<dyn Settle>,
 }
 
 /// How writing a record went, for its target's counters.
-#[allow(dead_code)] // Called by the file sink only (feature `record`).
 pub(crate) trait Settle: Send {
+    /// Written (`responded`) or not (`failed`).
+    #[cfg_attr(not(feature = "record"), allow(dead_code))]
     fn settle(self: Box<Self>, written: bool);
+
+    /// Never queued: the sink's queue was full. Counted as dropped for overload, not sent.
+    fn dropped(self: Box<Self>);
+}
+
+/// Hands `record` to `sink`, counting it as dropped if the sink's queue is full.
+pub(crate) fn deliver(sink: &dyn Sink, record: Record) {
+    // The queue is as long as `max_in_flight`, so this is rare: written off as any mirror
+    // over the bound.
+    if let Err(record) = sink.record(record) {
+        record.settle.dropped();
+    }
+}
+
+/// One request's records that wait for the primary's response: an [`Observation`] whose
+/// only interest is the primary's response. Records arrive when the request body is known,
+/// the response when its body has streamed; whichever comes second writes. Records still
+/// waiting when the request is done with (no response came) are written without one.
+pub(crate) struct ResponseJoin {
+    body_limit: usize,
+    state: Mutex<JoinState>,
+}
+
+#[derive(Default)]
+struct JoinState {
+    waiting: Vec<(Arc<dyn Sink>, Record)>,
+    response: Option<Arc<PrimaryResponse>>,
+}
+
+impl ResponseJoin {
+    /// A join for a request chosen by `targets`, if any of them records responses.
+    pub(crate) fn for_targets<'a>(targets: impl Iterator<Item = &'a Target>) -> Option<Arc<Self>> {
+        let body_limit = targets
+            .filter(|t| t.is_recording() && t.record.response)
+            .map(|t| t.record.max_response_body_bytes)
+            .max()?;
+        Some(Arc::new(Self {
+            body_limit,
+            state: Mutex::default(),
+        }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, JoinState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `record` with the primary's response: now if it has come, else when it does.
+    pub(crate) fn hold(&self, sink: Arc<dyn Sink>, mut record: Record) {
+        let mut state = self.state();
+        match &state.response {
+            Some(response) => {
+                record.response = Some(Arc::clone(response));
+                drop(state);
+                deliver(&*sink, record);
+            }
+            None => state.waiting.push((sink, record)),
+        }
+    }
+}
+
+impl Observation for ResponseJoin {
+    fn body_limit(&self) -> usize {
+        self.body_limit
+    }
+
+    fn wants(&self, _target: &Target) -> bool {
+        false
+    }
+
+    fn shadow(&self, _target: &Target, _response: &MirrorResponse, _complete: bool) {}
+
+    fn primary(&self, response: PrimaryResponse) {
+        let response = Arc::new(response);
+        let waiting = {
+            let mut state = self.state();
+            state.response = Some(Arc::clone(&response));
+            std::mem::take(&mut state.waiting)
+        };
+        for (sink, mut record) in waiting {
+            record.response = Some(Arc::clone(&response));
+            deliver(&*sink, record);
+        }
+    }
+}
+
+impl Drop for ResponseJoin {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        for (sink, record) in state.waiting.drain(..) {
+            deliver(&*sink, record);
+        }
+    }
 }
 
 /// A record id, unique within the process: a counter (the per-process prefix is added when
