@@ -35,14 +35,15 @@ fn originals() -> Vec<Request<Full<Bytes>>> {
     ]
 }
 
-/// Records the originals through a proxy whose only target is a file; returns its path.
-async fn record(dir: &TempDir) -> std::path::PathBuf {
+/// Records the originals through a proxy whose only target is a file, with `settings`
+/// added to its `[[mirror]]` table; returns the file's path.
+async fn record(dir: &TempDir, settings: &str) -> std::path::PathBuf {
     let upstream = Server::upstream().await;
     let file = dir.path().join("traffic.ndjson");
     let config = dir.file(
         "proxy.toml",
         &format!(
-            "[[mirror]]\nname = \"recording\"\nurl = \"file://{}\"\n",
+            "[[mirror]]\nname = \"recording\"\nurl = \"file://{}\"\n{settings}",
             file.display()
         ),
     );
@@ -87,7 +88,7 @@ fn assert_replayed(received: &Received, original: &Request<Full<Bytes>>, body: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recording_is_replayed_byte_exact_from_plain_and_gzip_files() {
     let dir = TempDir::new();
-    let plain = record(&dir).await;
+    let plain = record(&dir, "").await;
     let gz = dir.path().join("traffic.1.ndjson.gz");
     {
         let mut encoder = flate2::write::GzEncoder::new(
@@ -145,4 +146,125 @@ async fn a_source_that_cannot_be_read_exits_2_with_one_line() {
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("/no/such/recording.ndjson"), "{stderr}");
+}
+
+/// A server answering as the test upstream does (the same JSON, content type and headers),
+/// but as "candidate" in `served_by`, and with `body_len` one more on `/api/upload`: a
+/// regression planted on one route, and noise on every one.
+async fn candidate() -> (String, tokio::task::JoinHandle<()>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let service =
+                hyper::service::service_fn(|request: Request<hyper::body::Incoming>| async move {
+                    let (parts, body) = request.into_parts();
+                    let len = body.collect().await.map_or(0, |b| b.to_bytes().len());
+                    let planted = usize::from(parts.uri.path() == "/api/upload");
+                    let text = serde_json::json!({
+                        "served_by": "candidate",
+                        "method": parts.method.as_str(),
+                        "path_and_query": parts.uri.path_and_query().map(|p| p.as_str()),
+                        "body_len": len + planted,
+                    })
+                    .to_string();
+                    let response = http::Response::builder()
+                        .header("content-type", "application/json")
+                        .header("x-multi", "one")
+                        .header("x-multi", "two")
+                        .body(Full::new(Bytes::from(text)))
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_finds_a_planted_difference_and_ignores_configured_noise() {
+    let dir = TempDir::new();
+    let recording = record(&dir, "record_response = true\n").await;
+    let (url, _candidate) = candidate().await;
+    let rules = dir.file("rules.toml", "[diff]\nignore_fields = [\"/served_by\"]\n");
+    let report = dir.path().join("report.html");
+    let (status, stdout, stderr) = run_to_exit(&[
+        "replay",
+        recording.to_str().unwrap(),
+        "--to",
+        &url,
+        "--max",
+        "--compare",
+        "--config",
+        rules.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ])
+    .await;
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("compared 3 responses with the recorded ones: 1 differed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("POST /api/upload: 1 compared, 1 differ"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("body /body_len: 1 differ"), "{stdout}");
+    assert!(
+        stdout.contains("3000 -> 3001"),
+        "the example values: {stdout}"
+    );
+    assert!(!stdout.contains("served_by"), "ignored by [diff]: {stdout}");
+    let page = std::fs::read_to_string(&report).unwrap();
+    assert!(page.contains("/body_len"), "{page}");
+    assert!(!page.contains("served_by"), "{page}");
+    assert!(page.contains("No baseline target is configured"), "{page}");
+
+    // Without the rules, the noise is a difference on every route.
+    let (status, stdout, stderr) = run_to_exit(&[
+        "replay",
+        recording.to_str().unwrap(),
+        "--to",
+        &url,
+        "--max",
+        "--compare",
+    ])
+    .await;
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("compared 3 responses with the recorded ones: 3 differed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("body /served_by: 1 differ"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_says_when_records_hold_no_response() {
+    let dir = TempDir::new();
+    let recording = record(&dir, "").await;
+    let target = Server::shadow().await;
+    let (status, stdout, stderr) = run_to_exit(&[
+        "replay",
+        recording.to_str().unwrap(),
+        "--to",
+        &target.url,
+        "--compare",
+        "--max",
+    ])
+    .await;
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("compared 0 responses"), "{stdout}");
+    assert!(
+        stdout.contains("not compared: 3 records without a recorded response"),
+        "{stdout}"
+    );
 }
