@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use tower_mirror::outbound::BaseUrl;
-use tower_mirror::{Options, RateLimit, RecordFile, SampleKey, Target};
+use tower_mirror::{Options, RateLimit, RecordFile, Redact, SampleKey, Target};
 
 use crate::units::{parse_duration, parse_size};
 
@@ -132,7 +132,8 @@ pub struct RunArgs {
     /// sample_by ("header:NAME", "cookie:NAME", "query:NAME" or "client_ip"), rate ("200/s",
     /// "10/m", "1000/h"), max_connections (default 1024), methods, paths and exclude_paths (prefixes on segment
     /// boundaries), path_regex, headers ({ name = "exact value" }), rewrite_path
-    /// ({ from = REGEX, to = REPLACEMENT }), compare, baseline; for a recording target
+    /// ({ from = REGEX, to = REPLACEMENT }), compare, baseline, redact_headers, redact_query,
+    /// redact_fields (under the top-level redact_key_file's key); for a recording target
     /// (url = "file:///path/traffic.ndjson") rotate_size, rotate_after, keep_files, gzip,
     /// record_response, max_response_body; and a
     /// `[diff]` table.
@@ -249,6 +250,8 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     ca_file: Option<PathBuf>,
     danger_accept_invalid_certs: Option<bool>,
+    /// The key of the redaction placeholders (`redact_*` keys of `[[mirror]]`).
+    redact_key_file: Option<PathBuf>,
     diff: Option<FileDiff>,
 }
 
@@ -296,6 +299,15 @@ struct FileMirror {
     record_response: bool,
     /// A recording target: keep this much of the primary's response body ("256KiB").
     max_response_body: Option<String>,
+    /// Replace these headers' values by a keyed hash in what the target receives.
+    #[serde(default)]
+    redact_headers: Vec<String>,
+    /// Replace these query parameters' values by a keyed hash.
+    #[serde(default)]
+    redact_query: Vec<String>,
+    /// Replace these JSON body fields (pointer patterns, `*` = any segment) by a keyed hash.
+    #[serde(default)]
+    redact_fields: Vec<String>,
     /// Only these methods.
     #[serde(default)]
     methods: Vec<String>,
@@ -328,8 +340,9 @@ const METHODS: [&str; 9] = [
 ];
 
 impl FileMirror {
-    /// The library's target; errors name the target and the key.
-    fn into_target(self) -> Result<Target, ConfigError> {
+    /// The library's target, redacting under `redact_key`; errors name the target and the
+    /// key.
+    fn into_target(self, redact_key: &RedactKey<'_>) -> Result<Target, ConfigError> {
         let name = self.name.clone().unwrap_or_else(|| self.url.clone());
         let invalid =
             |key: &str, reason: String| error(format!("[[mirror]] {name:?}: {key}: {reason}"));
@@ -392,6 +405,23 @@ impl FileMirror {
         }
         if let Some(rewrite) = self.rewrite_path {
             target = target.rewrite_path(rewrite.from, rewrite.to);
+        }
+        if !(self.redact_headers.is_empty()
+            && self.redact_query.is_empty()
+            && self.redact_fields.is_empty())
+        {
+            let mut redact = Redact::new(redact_key.bytes()?);
+            // The library checks the names and patterns, naming the target.
+            for name in self.redact_headers {
+                redact = redact.header(name);
+            }
+            for name in self.redact_query {
+                redact = redact.query_param(name);
+            }
+            for pattern in self.redact_fields {
+                redact = redact.json_pointer(pattern);
+            }
+            target = target.redact(redact);
         }
         let recording = [
             ("rotate_size", self.rotate_size.is_some()),
@@ -658,9 +688,10 @@ impl Config {
             "--mirror"
         };
         let targets = if args.mirrors.is_empty() {
+            let redact_key = RedactKey(file.redact_key_file.as_deref());
             file.mirrors
                 .into_iter()
-                .map(FileMirror::into_target)
+                .map(|mirror| mirror.into_target(&redact_key))
                 .collect::<Result<_, _>>()?
         } else {
             args.mirrors
@@ -969,6 +1000,45 @@ impl Config {
             .filter(|(_, old, new)| old != new)
             .map(|(key, old, new)| format!("{key} ({old} -> {new})"))
             .collect()
+    }
+}
+
+/// Where the redaction key comes from: the file `redact_key_file` names, read when a target
+/// redacts, or else this process's own random key.
+struct RedactKey<'a>(Option<&'a Path>);
+
+impl RedactKey<'_> {
+    /// The key's bytes: the file's content (at least 16 bytes once trailing whitespace is
+    /// trimmed), or 32 random bytes made once per process, so placeholders stay the same
+    /// across reloads (not across restarts: give a file for that).
+    fn bytes(&self) -> Result<Vec<u8>, ConfigError> {
+        let Some(path) = self.0 else {
+            static KEY: std::sync::OnceLock<Option<[u8; 32]>> = std::sync::OnceLock::new();
+            let key = KEY.get_or_init(|| {
+                let mut key = [0; 32];
+                getrandom::fill(&mut key).ok().map(|()| key)
+            });
+            let key = key.ok_or_else(|| {
+                error(
+                    "redact_key_file is not set and the system gives no random bytes for a key"
+                        .to_owned(),
+                )
+            })?;
+            return Ok(key.to_vec());
+        };
+        let invalid =
+            |reason: String| error(format!("redact_key_file {}: {reason}", path.display()));
+        let mut key = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
+        while key.last().is_some_and(u8::is_ascii_whitespace) {
+            key.pop();
+        }
+        if key.len() < 16 {
+            return Err(invalid(format!(
+                "{} bytes: a key has at least 16 (32 random bytes recommended)",
+                key.len()
+            )));
+        }
+        Ok(key)
     }
 }
 
@@ -1376,6 +1446,8 @@ mod tests {
             ("keep_files = 3", "keep_files"),
             ("rotate_size = \"1MiB\"", "rotate_size"),
             ("record_response = true", "record_response"),
+            ("redact_fields = [\"user/email\"]", "redact_fields"),
+            ("redact_headers = [\"bad name\"]", "redact_headers"),
         ];
         for (table, key) in cases {
             let text = err(table);
@@ -1384,6 +1456,12 @@ mod tests {
                 "{table}: {text}"
             );
         }
+        let keyless = "upstream = \"http://u\"\nredact_key_file = \"/no/such/key\"\n[[mirror]]\nurl = \"http://a\"\nredact_headers = [\"authorization\"]\n";
+        let text = Config::merge(&args(&[]), file(keyless)).unwrap_err().0;
+        assert!(
+            text.contains("redact_key_file /no/such/key") && !text.contains('\n'),
+            "{text}"
+        );
         let twice = "upstream = \"http://u\"\n[[mirror]]\nurl = \"http://a\"\n[[mirror]]\nname = \"http://a\"\nurl = \"http://b\"\n";
         let text = Config::merge(&args(&[]), file(twice)).unwrap_err().0;
         assert!(

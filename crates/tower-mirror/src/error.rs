@@ -28,7 +28,8 @@ pub enum ConfigError {
         /// The target's [name](crate::Target::name).
         target: String,
         /// The setting, as mirror-proxy's `[[mirror]]` key names it: `methods`, `paths`,
-        /// `exclude_paths`, `headers`, `path_regex`, `sample_by`, `rate`, `rewrite_path`.
+        /// `exclude_paths`, `headers`, `path_regex`, `sample_by`, `rate`, `rewrite_path`,
+        /// `redact_headers`, `redact_fields`, `redact`.
         setting: &'static str,
         /// What is wrong with it.
         reason: String,

@@ -105,6 +105,8 @@ pub mod outbound;
 // Outcomes: counters, errors, responses, observers.
 mod error;
 pub mod observe;
+mod pointer;
+mod redact;
 mod response;
 mod sink;
 mod stats;
@@ -155,6 +157,7 @@ pub use handle::{ControlError, MirrorHandle, TargetStatus};
 pub use head::{ClientAddr, RequestHead};
 pub use layer::MirrorLayer;
 pub use outbound::X_MIRRORED_FROM;
+pub use redact::Redact;
 pub use response::MirrorResponse;
 pub use service::Mirror;
 pub use stats::{DrainReport, MirrorStats, NotMirroredStats, SkipStats, TargetStats};

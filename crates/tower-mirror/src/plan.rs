@@ -265,6 +265,9 @@ fn compile_admission(
             "must be at least 1".to_owned(),
         )));
     }
+    if let Some(redact) = &target.redact {
+        redact.check().map_err(&invalid)?;
+    }
     let filter = Filter::compile(&target.filter).map_err(&invalid)?;
     let sampler = match &target.sample_by {
         Some(key) => Sampler::by_key(key).map_err(|r| invalid(("sample_by", r)))?,

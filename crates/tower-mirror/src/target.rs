@@ -74,6 +74,7 @@ pub struct Target {
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) max_connections: usize,
     pub(crate) record: RecordFile,
+    pub(crate) redact: Option<crate::redact::Redact>,
     pub(crate) rewrite_path: Option<(String, String)>,
     pub(crate) trace_context: crate::outbound::TraceContext,
     /// Roles in comparisons (feature `diff`): plain data here, read by the diff observer.
@@ -114,6 +115,7 @@ impl Target {
             rate_limit: None,
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             record: RecordFile::default(),
+            redact: None,
             rewrite_path: None,
             trace_context: crate::outbound::TraceContext::Child,
             compare: false,
@@ -251,6 +253,15 @@ impl Target {
     /// [`RecordFile`].
     pub fn record_file(mut self, record: RecordFile) -> Self {
         self.record = record;
+        self
+    }
+
+    /// Replaces the values `redact` selects by a keyed hash in everything this target
+    /// receives: its requests, or its records, and its values in diff reports. See
+    /// [`Redact`](crate::Redact); needs the feature `redact`, else building the layer fails
+    /// with [`ConfigError::InvalidSetting`](crate::ConfigError::InvalidSetting) (`redact`).
+    pub fn redact(mut self, redact: crate::redact::Redact) -> Self {
+        self.redact = Some(redact);
         self
     }
 

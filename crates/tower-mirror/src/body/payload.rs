@@ -43,6 +43,11 @@ impl MirrorBody {
         }
     }
 
+    /// Its bytes, in the chunks they came in (all of them, whatever has been sent).
+    pub(crate) fn chunks(&self) -> &[Bytes] {
+        self.payload.as_ref().map_or(&[], |p| &p.chunks[..])
+    }
+
     /// The number of bytes still to be sent.
     pub fn len(&self) -> u64 {
         self.remaining

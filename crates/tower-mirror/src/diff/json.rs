@@ -3,61 +3,10 @@
 use serde_json::Value;
 
 use super::{Change, Difference, Part};
+pub(crate) use crate::pointer::{Pattern, pointer};
 
 /// The longest value shown in a difference; longer ones are cut with `…`.
 const SHOWN: usize = 120;
-
-/// A JSON pointer pattern: `/items/*/updated_at`, where `*` stands for any one segment.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Pattern(Vec<Option<String>>);
-
-impl Pattern {
-    /// Parses a pattern; `None` unless it is empty (the whole document) or starts with `/`.
-    pub(crate) fn parse(text: &str) -> Option<Self> {
-        if text.is_empty() {
-            return Some(Self(Vec::new()));
-        }
-        let rest = text.strip_prefix('/')?;
-        Some(Self(
-            rest.split('/')
-                .map(|segment| (segment != "*").then(|| unescape(segment)))
-                .collect(),
-        ))
-    }
-
-    /// The pattern that covers the whole document.
-    pub(crate) fn whole() -> Self {
-        Self(Vec::new())
-    }
-
-    /// True when the pattern covers `path` or a prefix of it: ignoring `/a` ignores `/a/b`.
-    fn covers(&self, path: &[String]) -> bool {
-        self.0.len() <= path.len()
-            && self
-                .0
-                .iter()
-                .zip(path)
-                .all(|(want, have)| want.as_deref().is_none_or(|w| w == have))
-    }
-}
-
-fn unescape(segment: &str) -> String {
-    segment.replace("~1", "/").replace("~0", "~")
-}
-
-fn escape(segment: &str) -> String {
-    segment.replace('~', "~0").replace('/', "~1")
-}
-
-/// The JSON pointer of `path`.
-pub(crate) fn pointer(path: &[String]) -> String {
-    let mut text = String::new();
-    for segment in path {
-        text.push('/');
-        text.push_str(&escape(segment));
-    }
-    text
-}
 
 /// A value as shown in a report: compact JSON, cut short if long.
 pub(crate) fn show(value: &Value) -> String {

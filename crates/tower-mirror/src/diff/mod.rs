@@ -375,6 +375,7 @@ impl Diff {
         };
         let shadow = Shadow {
             name: target.to_owned(),
+            redact: None,
             role: Role::Compared,
             side: side(shadow),
         };
@@ -532,10 +533,18 @@ impl DiffEngine {
         };
         for shadow in shadows.iter().filter(|s| s.role == Role::Compared) {
             let side = &shadow.side;
-            let (found, body_compared) =
+            let (mut found, body_compared) =
                 compare::compare(&primary.response, &side.response, &self.rules);
+            let mut uri = request.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let redacted_uri;
+            if let Some(redact) = &shadow.redact {
+                redact_values(redact, &mut found);
+                if let Some(redacted) = redact.path_and_query(uri) {
+                    redacted_uri = redacted;
+                    uri = &redacted_uri;
+                }
+            }
             let (differences, noise) = self.aggregator.split(&request.route, found, &noise_now);
-            let uri = request.uri.path_and_query().map_or("/", |pq| pq.as_str());
             self.aggregator.record(Observation_ {
                 target: &shadow.name,
                 route: &request.route,
@@ -551,7 +560,11 @@ impl DiffEngine {
                     target: shadow.name.clone(),
                     route: request.route.clone(),
                     method: request.method.clone(),
-                    uri: request.uri.clone(),
+                    uri: shadow
+                        .redact
+                        .as_ref()
+                        .and_then(|r| r.uri(&request.uri))
+                        .unwrap_or_else(|| request.uri.clone()),
                     primary_status: primary.response.status,
                     shadow_status: side.response.status,
                     differences,
@@ -568,9 +581,32 @@ impl DiffEngine {
     }
 }
 
-/// One shadow's response, with the target's name and role.
+/// Replaces the values shown for the headers and body fields `redact` covers by their
+/// placeholders, so that a report shows no more than the target received.
+fn redact_values(redact: &crate::redact::Redact, found: &mut [Difference]) {
+    for difference in found {
+        let redacted = match difference.part {
+            Part::Status => false,
+            Part::Header => HeaderName::from_bytes(difference.path.as_bytes())
+                .is_ok_and(|name| redact.redacts_header(&name)),
+            Part::Body => crate::pointer::segments(&difference.path)
+                .is_some_and(|path| redact.redacts_field(&path)),
+        };
+        if redacted {
+            for text in [&mut difference.primary, &mut difference.shadow]
+                .into_iter()
+                .flatten()
+            {
+                *text = redact.placeholder(text.as_bytes());
+            }
+        }
+    }
+}
+
+/// One shadow's response, with the target's name, role and redaction.
 struct Shadow {
     name: String,
+    redact: Option<crate::redact::Redact>,
     role: Role,
     side: Side,
 }
@@ -634,6 +670,7 @@ impl Observation for DiffCell {
         };
         self.slots().shadows.push(Shadow {
             name: target.name().to_owned(),
+            redact: target.redact.clone(),
             role,
             side: Side {
                 response: Captured {

@@ -122,6 +122,7 @@ impl PendingMirror {
                         snapshot: Arc::clone(&self.snapshot),
                         body: payload.clone(),
                         response: None,
+                        redact: target.spec.redact.clone(),
                         settle: Box::new(slot),
                     };
                     match &self.join {

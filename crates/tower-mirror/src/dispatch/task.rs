@@ -85,10 +85,27 @@ pub(super) async fn mirror_one(
     let target = &*slot.target;
     let counters = &target.state.counters;
     let name = target.name();
+    let redact = target.spec.redact.as_ref();
+    // The body first, so that the request is built with the redacted body's length.
+    let body = match redact {
+        Some(redact) => redact
+            .json_body(snapshot.headers(), body.chunks())
+            .map_or(body, MirrorBody::from),
+        None => body,
+    };
     let built = target
         .rules
         .as_ref()
-        .and_then(|rules| request::build(snapshot, rules, body));
+        .and_then(|rules| request::build(snapshot, rules, body))
+        .map(|mut request| {
+            if let Some(redact) = redact {
+                redact.headers(request.headers_mut());
+                if let Some(uri) = redact.uri(request.uri()) {
+                    *request.uri_mut() = uri;
+                }
+            }
+            request
+        });
     let Some(request) = built else {
         // Eligibility lets only origin-form paths through, so this is a request target that
         // fits a URI but not with the base's path in front of it, or a rewrite gone wrong.

@@ -27,10 +27,15 @@ pub(super) fn write_line(out: &mut Vec<u8>, record: &Record, settings: &RecordFi
     );
     out.extend_from_slice(b",\"id\":\"");
     let _ = write!(out, "{:016x}-{}", process_nonce(), record.id);
+    let redact = record.redact.as_ref();
     out.extend_from_slice(b"\",\"method\":");
     string(out, snapshot.method().as_str());
     out.extend_from_slice(b",\"uri\":");
-    string(out, &snapshot.uri().to_string());
+    let uri = snapshot.uri();
+    match redact.and_then(|r| r.uri(uri)) {
+        Some(redacted) => string(out, &redacted.to_string()),
+        None => string(out, &uri.to_string()),
+    }
     out.extend_from_slice(b",\"version\":");
     string(out, version(snapshot.version()));
     out.extend_from_slice(b",\"headers\":[");
@@ -38,14 +43,22 @@ pub(super) fn write_line(out: &mut Vec<u8>, record: &Record, settings: &RecordFi
     header(out, "host", snapshot.original_host());
     for (name, value) in snapshot.headers() {
         out.push(b',');
-        header(out, name.as_str(), value);
+        let redacted = redact.and_then(|r| r.header_value(name, value));
+        header(out, name.as_str(), redacted.as_ref().unwrap_or(value));
     }
     out.extend_from_slice(b"],\"body\":");
     let (chunks, length) = match &record.body {
         Some(payload) => (&payload.chunks[..], payload.len),
         None => (&[][..], 0),
     };
-    body(out, chunks, length, settings.max_body_bytes);
+    let redacted = redact.and_then(|r| r.json_body(snapshot.headers(), chunks));
+    match redacted {
+        Some(redacted) => {
+            let length = redacted.len() as u64;
+            body(out, &[redacted], length, settings.max_body_bytes);
+        }
+        None => body(out, chunks, length, settings.max_body_bytes),
+    }
     if let Some(response) = &record.response {
         let _ = write!(
             out,
@@ -53,15 +66,30 @@ pub(super) fn write_line(out: &mut Vec<u8>, record: &Record, settings: &RecordFi
             response.status.as_u16(),
             response.latency.as_nanos()
         );
-        headers(out, &response.headers);
+        let mut response_headers = std::borrow::Cow::Borrowed(&response.headers);
+        if let Some(redact) = redact {
+            redact.headers(response_headers.to_mut());
+        }
+        headers(out, &response_headers);
         out.extend_from_slice(b",\"body\":");
         // The tap kept at most the largest limit of the request's observers: cut to ours.
-        body(
-            out,
-            &response.body,
-            response.length,
-            Some(settings.max_response_body_bytes),
-        );
+        let max = Some(settings.max_response_body_bytes);
+        let complete = response.complete;
+        match redact {
+            // Only a whole JSON document can be searched for the fields to redact: a body
+            // cut short whose fields might be redacted is withheld, not written in clear.
+            Some(r) if !complete && r.redacts_json(&response.headers) => {
+                body(out, &[], response.length, Some(0));
+            }
+            Some(r) => match r.json_body(&response.headers, &response.body) {
+                Some(redacted) => {
+                    let length = redacted.len() as u64;
+                    body(out, &[redacted], length, max);
+                }
+                None => body(out, &response.body, response.length, max),
+            },
+            None => body(out, &response.body, response.length, max),
+        }
         out.push(b'}');
     }
     out.extend_from_slice(b"}\n");

@@ -43,6 +43,8 @@ pub(crate) struct Record {
     /// The primary's response, for a target that records it ([`RecordFile::response`]
     /// (crate::RecordFile::response)) and once it has streamed; `None` otherwise.
     pub(crate) response: Option<Arc<PrimaryResponse>>,
+    /// The target's redaction, applied as the record is written (off the request path).
+    pub(crate) redact: Option<crate::redact::Redact>,
     /// Told how writing went; holds the record's place among the target's in-flight ones.
     pub(crate) settle: Box<dyn Settle>,
 }
