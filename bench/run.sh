@@ -12,7 +12,7 @@
 # MP_SLOW_ROWS (extra mirror-proxy rows against the 1 s shadow, one EXTRA spec each, see
 # start_proxy; default "h2c:20000 h1:20000:20000"; empty: none),
 # SCENARIOS (which scenarios to measure, default all: "get-none get-fast get-slow get-hole
-# post-none post-fast"; e.g. SCENARIOS="get-fast get-slow" PROXIES=mirror-proxy
+# get-record post-none post-fast"; e.g. SCENARIOS="get-fast get-slow" PROXIES=mirror-proxy
 # MP_GENEROUS_IN_FLIGHT=0 measures only mirror-proxy's fast and slow shadow rows),
 # MIRROR_PROXY_REV (build mirror-proxy from this git revision instead of the work tree),
 # INSTALL (0: never install anything), OUT (the results file), TW_LIMIT and TW_WAIT_MAX (before
@@ -45,7 +45,7 @@ PROXIES=${PROXIES:-mirror-proxy nginx envoy traefik}
 PORT_BASE=${PORT_BASE:-19000}
 MP_GENEROUS_IN_FLIGHT=${MP_GENEROUS_IN_FLIGHT:-16384}
 MP_SLOW_ROWS=${MP_SLOW_ROWS-h2c:20000 h1:20000:20000}
-SCENARIOS=${SCENARIOS:-get-none get-fast get-slow get-hole post-none post-fast}
+SCENARIOS=${SCENARIOS:-get-none get-fast get-slow get-hole get-record post-none post-fast}
 for spec in $MP_SLOW_ROWS; do
   if ! [[ $spec =~ ^([0-9]+|(h1|h2c)(:[0-9]*(:[0-9]*)?)?)$ ]]; then
     echo "bench/run.sh: MP_SLOW_ROWS: bad spec '$spec' (h1|h2c[:IN_FLIGHT[:MAX_CONNECTIONS]])" >&2
@@ -411,7 +411,18 @@ start_proxy() {
         --admin "127.0.0.1:$ADMIN_PORT" --drain-timeout 1s --workers "$WORKERS")
       parse_extra "$extra"
       rm -f "$RUN_DIR/mirror.toml"
-      if [ "$mirror" = 1 ] && { [ "$MP_PROTO" = h2c ] || [ -n "$MP_MAX_CONNS" ]; }; then
+      if [ "$shadow" = record ]; then
+        # A recording target: every mirror written to a file, rotated so the disk stays bounded.
+        {
+          echo '[[mirror]]'
+          echo "url = \"file://$RUN_DIR/record/traffic.ndjson\""
+          echo 'rotate_size = "256MiB"'
+          echo 'keep_files = 1'
+        } >"$RUN_DIR/mirror.toml"
+        rm -rf "$RUN_DIR/record"
+        mkdir -p "$RUN_DIR/record"
+        args+=(--config "$RUN_DIR/mirror.toml")
+      elif [ "$mirror" = 1 ] && { [ "$MP_PROTO" = h2c ] || [ -n "$MP_MAX_CONNS" ]; }; then
         # Per-target settings need a config file. h2c: the shadow over HTTP/2 with prior
         # knowledge, many mirrors per connection (as many as the shadow's
         # SETTINGS_MAX_CONCURRENT_STREAMS allow).
@@ -498,6 +509,9 @@ sample_during() {
   done
 }
 
+# has_shadow SHADOW: whether the run has a shadow server (not for none, nor for a recording).
+has_shadow() { [ "$1" != none ] && [ "$1" != record ]; }
+
 # wants SCENARIO: whether SCENARIOS lists it.
 wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 
@@ -533,7 +547,7 @@ measure() {
   drain_time_wait
   echo "time_wait_at_start=$(time_wait_count)" >>"$dir/run.env"
   unset 'ORIGIN_PID[shadow]'
-  [ "$shadow" != none ] && start_shadow "$shadow"
+  has_shadow "$shadow" && start_shadow "$shadow"
   if [ "$proxy" = direct ]; then
     PROXY_PID=
     url="http://127.0.0.1:$UPSTREAM_PORT_OF_RUN/"
@@ -557,7 +571,7 @@ measure() {
   local pids origin_pids before after wrk_before wrk_after m_before m_after
   pids=$(proxy_pids | tr '\n' ' ')
   origin_pids="${ORIGIN_PID[*]}"
-  [ "$shadow" != none ] && origin_stats shadow >"$dir/shadow-before.json"
+  has_shadow "$shadow" && origin_stats shadow >"$dir/shadow-before.json"
   origin_stats "$upstream" >"$dir/upstream-before.json"
   [ "$proxy" = mirror-proxy ] && proxy_counters "$proxy" >"$dir/proxy-counters-before.txt" 2>/dev/null
   local shadow_pid=${ORIGIN_PID[shadow]:-} sampler=
@@ -592,7 +606,7 @@ measure() {
   after=$(cpu_ticks $pids)
   # shellcheck disable=SC2086
   local s_after=$(cpu_ticks $shadow_pid)
-  [ "$shadow" != none ] && origin_stats shadow >"$dir/shadow-after.json"
+  has_shadow "$shadow" && origin_stats shadow >"$dir/shadow-after.json"
   origin_stats "$upstream" >"$dir/upstream-after.json"
   # The sampler saw its flag gone within a second of wrk's end (waited for only now, after
   # wrk's ticks were read, so that its curls do not count as wrk's).
@@ -660,6 +674,8 @@ for shadow in none fast slow hole; do
     fi
   done
 done
+# Recording to a file at 100 %: only mirror-proxy records.
+[[ " $PROXIES " == *" mirror-proxy "* ]] && measure get-record mirror-proxy record GET
 measure post-none direct none POST
 for proxy in $PROXIES; do measure post-none "$proxy" none POST; done
 for proxy in $PROXIES; do measure post-fast "$proxy" post-shadow POST; done
@@ -730,6 +746,7 @@ SCENARIOS = {
     "get-fast": "GET, mirror 100 % to a fast shadow",
     "get-slow": "GET, mirror 100 % to a shadow answering after 1 s",
     "get-hole": "GET, mirror 100 % to a blackhole shadow",
+    "get-record": "GET, record 100 % to a file",
     "post-none": "POST 1 MiB, no mirroring",
     "post-fast": "POST 1 MiB, mirror 100 % to a fast shadow",
 }
