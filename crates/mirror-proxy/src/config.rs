@@ -142,6 +142,14 @@ pub struct RunArgs {
     /// Log format on stderr [default: text].
     #[arg(long, value_name = "FORMAT", env = "MIRROR_PROXY_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Export spans (one per upstream exchange and one per mirror exchange) as OTLP over
+    /// HTTP to the collector at this base URL, such as http://127.0.0.1:4318 (spans go to
+    /// /v1/traces under it). Needs the `otlp` feature, on by default. Read at start-up only.
+    #[arg(long, value_name = "URL", env = "MIRROR_PROXY_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of the exported spans [default: mirror-proxy].
+    #[arg(long, value_name = "NAME", env = "MIRROR_PROXY_OTLP_SERVICE_NAME")]
+    pub otlp_service_name: Option<String>,
     /// The longest a client may take to send a request head, counted from when the connection
     /// is ready for one, so it also ends idle HTTP/1.1 keep-alive connections [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "MIRROR_PROXY_HEADER_TIMEOUT")]
@@ -252,6 +260,8 @@ struct FileConfig {
     danger_accept_invalid_certs: Option<bool>,
     /// The key of the redaction placeholders (`redact_*` keys of `[[mirror]]`).
     redact_key_file: Option<PathBuf>,
+    otlp_endpoint: Option<String>,
+    otlp_service_name: Option<String>,
     diff: Option<FileDiff>,
 }
 
@@ -557,6 +567,8 @@ pub struct Config {
     pub admin_token: Option<AdminToken>,
     pub drain_timeout: Duration,
     pub log_format: LogFormat,
+    /// Where spans are exported to (OTLP over HTTP), if anywhere.
+    pub otlp: Option<OtlpSettings>,
     /// Extra roots for https upstreams and mirror targets, as configured.
     pub ca_file: Option<PathBuf>,
     /// Roots trusted for https upstreams and mirror targets.
@@ -794,6 +806,18 @@ impl Config {
                 .or(file.drain_timeout.map(|d| d.0))
                 .unwrap_or(Self::DEFAULT_DRAIN_TIMEOUT),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            otlp: args
+                .otlp_endpoint
+                .clone()
+                .or(file.otlp_endpoint)
+                .map(|endpoint| OtlpSettings {
+                    endpoint,
+                    service_name: args
+                        .otlp_service_name
+                        .clone()
+                        .or(file.otlp_service_name)
+                        .unwrap_or_else(|| "mirror-proxy".to_owned()),
+                }),
             tls_roots: roots(args.ca_file.as_deref().or(file.ca_file.as_deref()))?,
             ca_file: args.ca_file.clone().or(file.ca_file),
             danger_accept_invalid_certs: args.danger_accept_invalid_certs
@@ -918,6 +942,12 @@ impl Config {
         fn addr(a: Option<SocketAddr>) -> String {
             a.map_or_else(|| "off".to_owned(), |a| a.to_string())
         }
+        fn otlp(o: Option<&OtlpSettings>) -> String {
+            o.map_or_else(
+                || "off".to_owned(),
+                |o| format!("{} as {}", o.endpoint, o.service_name),
+            )
+        }
         let (old_edge, new_edge) = (&self.edge, &new.edge);
         let d = |d: Duration| format!("{d:?}");
         // Workers left to the CPU count are whatever runs.
@@ -985,6 +1015,11 @@ impl Config {
                 format!("{:?}", new.log_format).to_lowercase(),
             ),
             (
+                "otlp_endpoint",
+                otlp(self.otlp.as_ref()),
+                otlp(new.otlp.as_ref()),
+            ),
+            (
                 "ca_file",
                 path(self.ca_file.as_deref()),
                 path(new.ca_file.as_deref()),
@@ -1040,6 +1075,15 @@ impl RedactKey<'_> {
         }
         Ok(key)
     }
+}
+
+/// Where and as what spans are exported (`--otlp-endpoint`, `--otlp-service-name`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtlpSettings {
+    /// The collector's base URL: spans go to `/v1/traces` under it.
+    pub endpoint: String,
+    /// The exported spans' `service.name`.
+    pub service_name: String,
 }
 
 /// The admin API's token, from `admin_token_file`. It is never shown, not even by `Debug`.

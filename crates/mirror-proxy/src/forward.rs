@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
+use tracing::Instrument;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -140,11 +141,24 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let shared = Arc::clone(&self.shared);
-        Box::pin(async move {
-            let response = forward(&shared, request).await;
-            shared.telemetry.record_primary(response.status());
-            Ok(response)
-        })
+        // At debug, as tower-mirror's mirror spans: nothing but a level check unless spans
+        // are exported (`--otlp-endpoint`).
+        let span = tracing::debug_span!(
+            "upstream",
+            http.request.method = %request.method(),
+            url.path = request.uri().path(),
+            http.response.status_code = tracing::field::Empty,
+        );
+        Box::pin(
+            async move {
+                let response = forward(&shared, request).await;
+                shared.telemetry.record_primary(response.status());
+                tracing::Span::current()
+                    .record("http.response.status_code", response.status().as_u16());
+                Ok(response)
+            }
+            .instrument(span),
+        )
     }
 }
 

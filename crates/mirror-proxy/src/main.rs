@@ -58,7 +58,18 @@ async fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(BAD_CONFIG);
         }
     };
-    mirror_proxy::init_logging(config.log_format);
+    // Kept to the end: it flushes the last spans when dropped.
+    let _exporter = match mirror_proxy::init_logging(
+        config.log_format,
+        config.otlp.as_ref(),
+        &config.tls_roots,
+    ) {
+        Ok(exporter) => exporter,
+        Err(error) => {
+            eprintln!("mirror-proxy: error: {error}");
+            return ExitCode::from(BAD_CONFIG);
+        }
+    };
     let proxy = match Proxy::bind_reloadable(config.clone(), cli.run).await {
         Ok(proxy) => proxy,
         Err(error) => {

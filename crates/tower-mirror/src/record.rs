@@ -70,6 +70,25 @@ pub struct RecordedResponse {
     pub latency: Duration,
 }
 
+impl RecordedResponse {
+    /// A whole response read from elsewhere, answered after `latency`.
+    pub fn new(
+        status: StatusCode,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Bytes,
+        latency: Duration,
+    ) -> Self {
+        Self {
+            status,
+            headers,
+            body_length: body.len() as u64,
+            truncated: false,
+            body,
+            latency,
+        }
+    }
+}
+
 /// Why a line is not a record this crate can read: it names the field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordError(String);
@@ -83,6 +102,37 @@ impl fmt::Display for RecordError {
 impl std::error::Error for RecordError {}
 
 impl Recorded {
+    /// A record of a request read from elsewhere (another tool's capture, say): its body
+    /// whole, no response. `headers` in the order they were sent.
+    pub fn new(
+        time: SystemTime,
+        id: impl Into<String>,
+        method: Method,
+        uri: Uri,
+        version: Version,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Bytes,
+    ) -> Self {
+        Self {
+            time,
+            id: id.into(),
+            method,
+            uri,
+            version,
+            headers,
+            body_length: body.len() as u64,
+            truncated: false,
+            body,
+            response: None,
+        }
+    }
+
+    /// This record with the primary's `response`: see [`response`](Self::response).
+    pub fn with_response(mut self, response: RecordedResponse) -> Self {
+        self.response = Some(response);
+        self
+    }
+
     /// Parses one line (without or with its `\n`).
     ///
     /// # Errors

@@ -121,13 +121,14 @@ pub(super) async fn mirror_one(
         .map(|o| o.body_limit())
         .fold(plan.capture_response_body, usize::max);
     // One span per exchange, at debug: nothing but a level check when no one listens.
+    // Field names follow OpenTelemetry's HTTP semantic conventions; `mirror.*` are ours.
     let span = tracing::debug_span!(
         "mirror",
-        target = name,
-        method = %request.method(),
-        path = request.uri().path(),
-        status = tracing::field::Empty,
-        outcome = tracing::field::Empty,
+        mirror.target = name,
+        http.request.method = %request.method(),
+        url.path = request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        mirror.outcome = tracing::field::Empty,
     );
     let outcome = send(outbound, request, plan.timeout, capture)
         .instrument(span.clone())
@@ -137,9 +138,9 @@ pub(super) async fn mirror_one(
         Err(error) if error.is_timeout() => (None, "timed_out"),
         Err(_) => (None, "failed"),
     };
-    span.record("outcome", label);
+    span.record("mirror.outcome", label);
     if let Some(status) = status {
-        span.record("status", status);
+        span.record("http.response.status_code", status);
     }
     // Callbacks run before the counters move, so whoever sees a count also sees its callback.
     let counter = match outcome {
