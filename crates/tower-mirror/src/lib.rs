@@ -77,6 +77,8 @@
 //! - `record`: recording targets, `file://` URLs written as NDJSON ([`RecordFile`]), and the
 //!   `record` module that reads them back (adds
 //!   `serde_json`, `base64`, `humantime`, `flate2`).
+//! - `redact`: [`Target::redact`] applies ([`Redact`]): values replaced by HMAC-SHA-256
+//!   placeholders (adds `hmac`, `sha2`, `serde_json`).
 //!
 //! # Runtime
 //!
@@ -162,3 +164,8 @@ pub use response::MirrorResponse;
 pub use service::Mirror;
 pub use stats::{DrainReport, MirrorStats, NotMirroredStats, SkipStats, TargetStats};
 pub use target::{KeyFn, RateLimit, RecordFile, SampleKey, Target, percentage};
+
+/// README.md's Rust snippets, compiled and run as doctests so that they stay as written.
+#[cfg(all(doctest, feature = "diff", feature = "record"))]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeSnippets;
