@@ -92,6 +92,7 @@ mod service;
 // The configuration as written, and as compiled; the cell that holds it.
 mod config;
 mod control;
+mod decisions;
 mod handle;
 mod plan;
 mod target;
@@ -149,6 +150,7 @@ pub use body::{MirrorBody, ResponseBody, TeeBody};
 pub use client::{HttpSender, SendFuture, Sender, ShadowBody};
 pub use config::{ErrorCallback, Mode, Options, SuccessCallback};
 pub use control::Changes;
+pub use decisions::{Decision, Decisions};
 pub use error::{BoxError, ConfigError, MirrorError};
 pub use future::ResponseFuture;
 pub use handle::{ControlError, MirrorHandle, TargetStatus};

@@ -14,6 +14,7 @@ use std::time::SystemTime;
 use crate::body::{BodySink, MirrorBody, Payload};
 use crate::client::Reservation;
 use crate::control::Tracker;
+use crate::decisions::{Decision, Decisions};
 use crate::observe::Observation;
 use crate::outbound::request::RequestSnapshot;
 use crate::plan::{Plan, TargetRuntime};
@@ -33,6 +34,8 @@ pub(crate) struct PendingMirror {
     targets: Vec<Arc<TargetRuntime>>,
     snapshot: Arc<RequestSnapshot>,
     observations: Vec<Arc<dyn Observation>>,
+    /// The caller's record of this request's decisions, if it asked for one.
+    decisions: Option<Decisions>,
     /// Sent or skipped: nothing left to count when dropped.
     settled: bool,
 }
@@ -44,6 +47,7 @@ impl PendingMirror {
         targets: Vec<Arc<TargetRuntime>>,
         snapshot: RequestSnapshot,
         observations: Vec<Arc<dyn Observation>>,
+        decisions: Option<Decisions>,
     ) -> Self {
         Self {
             plan,
@@ -51,7 +55,15 @@ impl PendingMirror {
             targets,
             snapshot: Arc::new(snapshot),
             observations,
+            decisions,
             settled: false,
+        }
+    }
+
+    /// Records `decision` for `target` in the caller's record, if there is one.
+    fn decide(&self, target: &TargetRuntime, decision: Decision) {
+        if let Some(decisions) = &self.decisions {
+            decisions.set(target.name(), decision);
         }
     }
 
@@ -63,6 +75,9 @@ impl PendingMirror {
     fn count_skipped(&mut self, reason: SkipReason) {
         for target in &self.targets {
             target.state.counters.skip(reason);
+            if let Some(decisions) = &self.decisions {
+                decisions.skipped(target.name(), reason);
+            }
         }
         self.settled = true;
     }
@@ -96,6 +111,7 @@ impl PendingMirror {
                 counters
                     .dropped_overload
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.decide(target, Decision::Dropped("overload"));
                 continue;
             };
             // Only a mirror that can be written at once is sent: no queue behind a busy pool.
@@ -104,11 +120,13 @@ impl PendingMirror {
                 counters
                     .dropped_no_connection
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.decide(target, Decision::Dropped("no_connection"));
                 continue;
             };
             counters
                 .sent
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.decide(target, Decision::Sent);
             let outbound = match reservation {
                 Reservation::Send(outbound) => outbound,
                 Reservation::Sink(sink) => {
@@ -128,6 +146,7 @@ impl PendingMirror {
                         counters
                             .dropped_overload
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.decide(target, Decision::Dropped("overload"));
                     }
                     continue;
                 }
