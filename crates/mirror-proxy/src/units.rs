@@ -82,7 +82,7 @@ mod tests {
             ("1m 30s", Duration::from_secs(90)),
             ("2h", Duration::from_secs(7200)),
             ("250us", Duration::from_micros(250)),
-            (" 10ms ", Duration::from_millis(10)),
+            (" 10 ms ", Duration::from_millis(10)),
             ("1d", Duration::from_secs(86_400)),
         ];
         for (text, duration) in cases {
