@@ -69,7 +69,8 @@
 //! - Every exchange, including reading the response, ends within [`Options::timeout`].
 //!
 //! Every outcome is counted, per target by name: see [`MirrorLayer::stats`] and
-//! [`TargetStats`].
+//! [`TargetStats`]. To know what was decided for one request (for an access log), put a
+//! [`Decisions`] in its extensions.
 //!
 //! # Features
 //!
