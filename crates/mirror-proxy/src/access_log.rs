@@ -316,12 +316,26 @@ where
     }
 }
 
+/// The status logged for a request whose client went away before it was answered (nginx's
+/// convention; no response was sent).
+const CLIENT_CLOSED: u16 = 499;
+
 pin_project! {
     /// The inner service's response, its body counted for the access log.
     pub struct LoggedFuture<F> {
         #[pin]
         inner: F,
         entry: Option<Box<Entry>>,
+    }
+
+    impl<F> PinnedDrop for LoggedFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped unanswered: the client went away while the upstream was working.
+            if let Some(mut entry) = this.project().entry.take() {
+                entry.status = CLIENT_CLOSED;
+                entry.finish();
+            }
+        }
     }
 }
 

@@ -1322,8 +1322,8 @@ mod tests {
         ];
         assert_eq!(merged(&yes, off), (true, true, true, true));
         // The last of the two forms wins.
-        assert_eq!(merged(&["--sync", "--no-sync"], on).0, false);
-        assert_eq!(merged(&["--no-sync", "--sync"], off).0, true);
+        assert!(!merged(&["--sync", "--no-sync"], on).0);
+        assert!(merged(&["--no-sync", "--sync"], off).0);
     }
 
     #[test]

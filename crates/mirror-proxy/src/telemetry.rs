@@ -702,7 +702,7 @@ impl Telemetry {
                     "ok": self.live.reloads_ok.load(Relaxed),
                     "error": self.live.reloads_error.load(Relaxed),
                 },
-                "last_reload_success_timestamp_seconds": self.live.last_success(),
+                "last_reload_success_timestamp_seconds": rounded(self.live.last_success()),
                 "admin_unauthorized": self.live.admin_unauthorized.load(Relaxed),
                 "access_log_dropped": self.live.access_log_dropped.load(Relaxed),
             },
