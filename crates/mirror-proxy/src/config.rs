@@ -25,8 +25,10 @@ use crate::units::{parse_duration, parse_size};
                   --mirror http://127.0.0.1:4000 --mirror http://127.0.0.1:5000=10\n\n\
                   Every flag can also be set in a TOML file given with --config, or in an environment \
                   variable MIRROR_PROXY_<FLAG> (MIRROR_PROXY_UPSTREAM_TIMEOUT=2s; MIRROR_PROXY_MIRROR \
-                  takes URLs separated by spaces): flags override the environment, which overrides the \
-                  file. Sizes take units (4MiB, 512KiB; KB and MB count in thousands), durations too (750ms, 5s, 1m30s).",
+                  takes URLs separated by spaces). Precedence: flag, then environment, then file, then \
+                  default. A switch's variable takes true or false (MIRROR_PROXY_SYNC=false), and each \
+                  switch has a --no-... form, so either can turn off what the file turns on. Sizes take \
+                  units (4MiB, 512KiB; KB and MB count in thousands), durations too (750ms, 5s, 1m30s).",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -79,11 +81,18 @@ pub struct RunArgs {
     /// The most one mirror exchange may take [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "MIRROR_PROXY_TIMEOUT")]
     pub timeout: Option<Duration>,
-    /// Wait for the mirrors before forwarding the request upstream (adds up to one timeout).
-    #[arg(long, env = "MIRROR_PROXY_SYNC")]
+    /// Wait for the mirrors before forwarding the request upstream (adds up to one timeout)
+    /// [default: off] [env: MIRROR_PROXY_SYNC=true|false].
+    #[arg(long, overrides_with = "no_sync")]
     pub sync: bool,
+    /// Do not wait for the mirrors, whatever the file or the environment says.
+    #[arg(long, overrides_with = "sync")]
+    pub no_sync: bool,
+    /// Mirror requests with their body [default: on] [env: MIRROR_PROXY_COPY_BODY=true|false].
+    #[arg(long, overrides_with = "no_copy_body")]
+    pub copy_body: bool,
     /// Mirror requests with an empty body.
-    #[arg(long, env = "MIRROR_PROXY_NO_COPY_BODY")]
+    #[arg(long, overrides_with = "copy_body")]
     pub no_copy_body: bool,
     /// The largest request body that is mirrored; longer ones are forwarded, not mirrored
     /// [default: 4MiB].
@@ -100,9 +109,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "MIRROR_PROXY_UPSTREAM_TIMEOUT")]
     pub upstream_timeout: Option<Duration>,
     /// Speak HTTP/2 only to the upstream, for gRPC: with prior knowledge (h2c) on http://,
-    /// HTTP/2 on https:// whatever ALPN says; `TE: trailers` is kept [default: off, HTTP/1.1].
-    #[arg(long, env = "MIRROR_PROXY_UPSTREAM_HTTP2")]
+    /// HTTP/2 on https:// whatever ALPN says; `TE: trailers` is kept [default: off, HTTP/1.1]
+    /// [env: MIRROR_PROXY_UPSTREAM_HTTP2=true|false].
+    #[arg(long, overrides_with = "no_upstream_http2")]
     pub upstream_http2: bool,
+    /// Speak HTTP/1.1 to the upstream (HTTP/2 where ALPN picks it), whatever the file says.
+    #[arg(long, overrides_with = "upstream_http2")]
+    pub no_upstream_http2: bool,
     /// Worker threads, each with its own event loop, connections and pools [default: one per
     /// CPU].
     #[arg(long, value_name = "N", env = "MIRROR_PROXY_WORKERS")]
@@ -120,9 +133,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "MIRROR_PROXY_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<Duration>,
     /// DANGEROUS: accept any TLS certificate from https mirror targets (expired, self-signed,
-    /// wrong name). Mirrored traffic can then be read and altered on the way. Logged loudly.
-    #[arg(long, env = "MIRROR_PROXY_DANGER_ACCEPT_INVALID_CERTS")]
+    /// wrong name). Mirrored traffic can then be read and altered on the way. Logged loudly
+    /// [env: MIRROR_PROXY_DANGER_ACCEPT_INVALID_CERTS=true|false].
+    #[arg(long, overrides_with = "no_danger_accept_invalid_certs")]
     pub danger_accept_invalid_certs: bool,
+    /// Check the certificates of https mirror targets, whatever the file says.
+    #[arg(long, overrides_with = "danger_accept_invalid_certs")]
+    pub no_danger_accept_invalid_certs: bool,
     /// Extra root certificates (PEM) to trust for https upstreams and mirror targets, besides
     /// the Mozilla roots: for an internal CA.
     #[arg(long, value_name = "FILE", env = "MIRROR_PROXY_CA_FILE")]
@@ -150,6 +167,15 @@ pub struct RunArgs {
     /// The `service.name` of the exported spans [default: mirror-proxy].
     #[arg(long, value_name = "NAME", env = "MIRROR_PROXY_OTLP_SERVICE_NAME")]
     pub otlp_service_name: Option<String>,
+    /// Write an access log, one line per request with the mirror decisions, to this file
+    /// (appended to) or to stdout (`-`) [default: none]. Lines are handed to a writer thread
+    /// through a bounded queue; when it is full they are dropped and counted, never waited
+    /// for.
+    #[arg(long, value_name = "PATH|-", env = "MIRROR_PROXY_ACCESS_LOG")]
+    pub access_log: Option<PathBuf>,
+    /// The access log's format [default: json].
+    #[arg(long, value_name = "FORMAT", env = "MIRROR_PROXY_ACCESS_LOG_FORMAT")]
+    pub access_log_format: Option<AccessLogFormat>,
     /// The longest a client may take to send a request head, counted from when the connection
     /// is ready for one, so it also ends idle HTTP/1.1 keep-alive connections [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "MIRROR_PROXY_HEADER_TIMEOUT")]
@@ -209,6 +235,61 @@ pub enum LogFormat {
     Json,
 }
 
+/// How access-log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// One JSON object per line: `time` (RFC 3339, UTC, milliseconds), `client`, `method`,
+    /// `target`, `version`, `status`, `bytes` (response body bytes sent), `duration_ms`, and
+    /// `mirror`: target names in arrays by decision.
+    #[default]
+    Json,
+    /// The Common Log Format (`client - - [time] "METHOD target VERSION" status bytes`),
+    /// then the duration in seconds and `mirror="name:decision ..."`.
+    Common,
+}
+
+/// The access log: where, and in which format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    /// A file, appended to; `-` is stdout.
+    pub path: PathBuf,
+    /// The line format.
+    pub format: AccessLogFormat,
+}
+
+impl AccessLogSettings {
+    /// True when the log goes to stdout (`-`).
+    pub fn is_stdout(&self) -> bool {
+        self.path.as_os_str() == "-"
+    }
+}
+
+/// A switch: `--name` or `--no-name` (the last one given wins), else its environment
+/// variable `MIRROR_PROXY_NAME` (`true` or `false`, and `1`/`0`, `yes`/`no`, `on`/`off`);
+/// `None` when neither says, for the file or the default to decide.
+///
+/// clap reads the other flags' variables itself; a switch's is read here, because clap
+/// counts a variable for `--name` against `--no-name` on the command line as a conflict.
+fn switch(on: bool, off: bool, variable: &str) -> Result<Option<bool>, ConfigError> {
+    if on || off {
+        return Ok(Some(on));
+    }
+    let Some(value) = std::env::var_os(variable) else {
+        return Ok(None);
+    };
+    let text = value.to_string_lossy().trim().to_ascii_lowercase();
+    match text.as_str() {
+        "true" | "1" | "yes" | "on" => Ok(Some(true)),
+        "false" | "0" | "no" | "off" => Ok(Some(false)),
+        "" => Ok(None),
+        _ => Err(error(format!(
+            "{variable}={value:?}: use true or false",
+            value = value.to_string_lossy()
+        ))),
+    }
+}
+
 /// A configuration error: one line, naming the flag, key or value at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -256,6 +337,8 @@ struct FileConfig {
     admin_token_file: Option<PathBuf>,
     drain_timeout: Option<HumanDuration>,
     log_format: Option<LogFormat>,
+    access_log: Option<PathBuf>,
+    access_log_format: Option<AccessLogFormat>,
     ca_file: Option<PathBuf>,
     danger_accept_invalid_certs: Option<bool>,
     /// The key of the redaction placeholders (`redact_*` keys of `[[mirror]]`).
@@ -569,6 +652,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Where spans are exported to (OTLP over HTTP), if anywhere.
     pub otlp: Option<OtlpSettings>,
+    /// The access log, if one is written.
+    pub access_log: Option<AccessLogSettings>,
     /// Extra roots for https upstreams and mirror targets, as configured.
     pub ca_file: Option<PathBuf>,
     /// Roots trusted for https upstreams and mirror targets.
@@ -693,7 +778,13 @@ impl Config {
             error("--upstream is required (or `upstream` in the config file): where to forward requests")
         })?;
         let mut upstream = Upstream::parse(&upstream)?;
-        upstream.http2 = args.upstream_http2 || file.upstream_http2.unwrap_or(false);
+        upstream.http2 = switch(
+            args.upstream_http2,
+            args.no_upstream_http2,
+            "MIRROR_PROXY_UPSTREAM_HTTP2",
+        )?
+        .or(file.upstream_http2)
+        .unwrap_or(false);
         let targets_from = if args.mirrors.is_empty() {
             "config file [[mirror]]"
         } else {
@@ -717,8 +808,12 @@ impl Config {
                 .timeout
                 .or(file.timeout.map(|d| d.0))
                 .unwrap_or(defaults.timeout),
-            sync: args.sync || file.sync.unwrap_or(false),
-            copy_body: !args.no_copy_body && file.copy_body.unwrap_or(defaults.copy_body),
+            sync: switch(args.sync, args.no_sync, "MIRROR_PROXY_SYNC")?
+                .or(file.sync)
+                .unwrap_or(false),
+            copy_body: switch(args.copy_body, args.no_copy_body, "MIRROR_PROXY_COPY_BODY")?
+                .or(file.copy_body)
+                .unwrap_or(defaults.copy_body),
             max_body: args
                 .max_body
                 .or(file.max_body.map(|s| s.0))
@@ -818,10 +913,26 @@ impl Config {
                         .or(file.otlp_service_name)
                         .unwrap_or_else(|| "mirror-proxy".to_owned()),
                 }),
+            access_log: args
+                .access_log
+                .clone()
+                .or(file.access_log)
+                .map(|path| AccessLogSettings {
+                    path,
+                    format: args
+                        .access_log_format
+                        .or(file.access_log_format)
+                        .unwrap_or_default(),
+                }),
             tls_roots: roots(args.ca_file.as_deref().or(file.ca_file.as_deref()))?,
             ca_file: args.ca_file.clone().or(file.ca_file),
-            danger_accept_invalid_certs: args.danger_accept_invalid_certs
-                || file.danger_accept_invalid_certs.unwrap_or(false),
+            danger_accept_invalid_certs: switch(
+                args.danger_accept_invalid_certs,
+                args.no_danger_accept_invalid_certs,
+                "MIRROR_PROXY_DANGER_ACCEPT_INVALID_CERTS",
+            )?
+            .or(file.danger_accept_invalid_certs)
+            .unwrap_or(false),
         };
         config.validate(targets_from)?;
         Ok(config)
@@ -948,6 +1059,15 @@ impl Config {
                 |o| format!("{} as {}", o.endpoint, o.service_name),
             )
         }
+        fn access(a: Option<&AccessLogSettings>) -> String {
+            a.map_or_else(
+                || "off".to_owned(),
+                |a| {
+                    let format = format!("{:?}", a.format).to_lowercase();
+                    format!("{} {format}", a.path.display())
+                },
+            )
+        }
         let (old_edge, new_edge) = (&self.edge, &new.edge);
         let d = |d: Duration| format!("{d:?}");
         // Workers left to the CPU count are whatever runs.
@@ -1018,6 +1138,11 @@ impl Config {
                 "otlp_endpoint",
                 otlp(self.otlp.as_ref()),
                 otlp(new.otlp.as_ref()),
+            ),
+            (
+                "access_log",
+                access(self.access_log.as_ref()),
+                access(new.access_log.as_ref()),
             ),
             (
                 "ca_file",
@@ -1300,6 +1425,42 @@ mod tests {
         assert!(merged(&["--upstream-http2"], ""));
         assert!(merged(&[], "upstream_http2 = true"));
         assert!(merged(&["--upstream-http2"], "upstream_http2 = false"));
+    }
+
+    #[test]
+    fn no_switches_turn_off_what_the_file_turns_on() {
+        let merged = |flags: &[&str], text: &str| {
+            let mut all = vec!["--upstream", "http://127.0.0.1:3000"];
+            all.extend_from_slice(flags);
+            let config = Config::merge(&args(&all), file(text)).unwrap();
+            (
+                config.mirror.sync,
+                config.mirror.copy_body,
+                config.upstream.http2,
+                config.danger_accept_invalid_certs,
+            )
+        };
+        let on = "sync = true\ncopy_body = true\nupstream_http2 = true\ndanger_accept_invalid_certs = true\n";
+        let off = "sync = false\ncopy_body = false\nupstream_http2 = false\ndanger_accept_invalid_certs = false\n";
+        assert_eq!(merged(&[], on), (true, true, true, true));
+        assert_eq!(merged(&[], off), (false, false, false, false));
+        let no = [
+            "--no-sync",
+            "--no-copy-body",
+            "--no-upstream-http2",
+            "--no-danger-accept-invalid-certs",
+        ];
+        assert_eq!(merged(&no, on), (false, false, false, false));
+        let yes = [
+            "--sync",
+            "--copy-body",
+            "--upstream-http2",
+            "--danger-accept-invalid-certs",
+        ];
+        assert_eq!(merged(&yes, off), (true, true, true, true));
+        // The last of the two forms wins.
+        assert!(!merged(&["--sync", "--no-sync"], on).0);
+        assert!(merged(&["--no-sync", "--sync"], off).0);
     }
 
     #[test]

@@ -190,11 +190,12 @@ where
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let guard = request.extensions_mut().remove::<UpgradeGuard>();
     // The route in force when the request arrived serves the whole exchange.
-    let (uri, http2, timeout) = {
-        let route = shared.route.load();
-        let uri = route.upstream.base.join(request.uri());
-        (uri, route.upstream.http2, route.timeout)
-    };
+    let route = shared.route.load_full();
+    let (uri, http2, timeout) = (
+        route.upstream.base.join(request.uri()),
+        route.upstream.http2,
+        route.timeout,
+    );
     let Some(uri) = uri else {
         shared
             .telemetry
@@ -213,9 +214,11 @@ where
     let mut response = match send(shared, request, progress, http2, timeout).await {
         Sent::Answered(response) => response,
         Sent::Unavailable(error) => {
-            shared
-                .telemetry
-                .record_upstream_error(UpstreamError::Unavailable, &error);
+            shared.telemetry.record_upstream_error(
+                UpstreamError::Unavailable,
+                &route.upstream.url,
+                &error,
+            );
             return short(
                 StatusCode::BAD_GATEWAY,
                 "502 Bad Gateway: the upstream refused or dropped the connection\n",
@@ -223,9 +226,11 @@ where
         }
         Sent::TimedOut => {
             let detail = "no response head within the upstream timeout";
-            shared
-                .telemetry
-                .record_upstream_error(UpstreamError::Timeout, &detail);
+            shared.telemetry.record_upstream_error(
+                UpstreamError::Timeout,
+                &route.upstream.url,
+                &detail,
+            );
             return short(
                 StatusCode::GATEWAY_TIMEOUT,
                 "504 Gateway Timeout: the upstream did not answer in time\n",

@@ -5,6 +5,7 @@
 //! in-process.
 #![allow(missing_docs)]
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod demo;
@@ -22,7 +23,9 @@ pub mod telemetry;
 pub mod tls;
 mod units;
 
-pub use config::{Cli, Command, Config, ConfigError, LogFormat};
+pub use config::{
+    AccessLogFormat, AccessLogSettings, Cli, Command, Config, ConfigError, LogFormat,
+};
 pub use server::{Proxy, ShutdownReport};
 
 /// Logs to stderr, as text or JSON; `RUST_LOG` filters (default `info`). With `otlp`, also

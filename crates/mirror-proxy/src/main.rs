@@ -90,16 +90,20 @@ async fn run(cli: Cli) -> ExitCode {
     tracing::info!(
         listen = %proxy.local_addr(),
         upstream = %config.upstream.url,
-        mirrors = %config
-            .mirror
-            .targets
-            .iter()
-            .map(|t| format!("{}={}%", t.name(), t.percentage))
-            .collect::<Vec<_>>()
-            .join(" "),
+        mirrors = config.mirror.targets.len(),
         mode = if config.mirror.sync { "sync" } else { "async" },
+        version = env!("CARGO_PKG_VERSION"),
         "mirror-proxy started"
     );
+    // One line per target, so that each is a set of plain fields.
+    for target in &config.mirror.targets {
+        tracing::info!(
+            target = %target.name(),
+            url = %target.url,
+            percentage = target.percentage,
+            "mirror target"
+        );
+    }
 
     let report = proxy.serve(mirror_proxy::shutdown_signal()).await;
     if report.workers_failed > 0 {
@@ -114,9 +118,16 @@ async fn run(cli: Cli) -> ExitCode {
         tracing::warn!(
             connections = report.connections_abandoned,
             mirrors = abandoned,
-            per_target = ?report.mirrors.map(|m| m.in_flight),
             "shut down after the drain timeout, abandoning work in flight"
         );
+        let per_target = report.mirrors.map(|m| m.in_flight).unwrap_or_default();
+        for (target, in_flight) in per_target.iter().filter(|(_, n)| *n > 0) {
+            tracing::warn!(
+                target = %target,
+                in_flight,
+                "mirrors abandoned at shutdown"
+            );
+        }
     } else {
         tracing::info!("shut down cleanly: every request and mirror finished");
     }

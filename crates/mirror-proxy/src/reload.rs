@@ -254,14 +254,31 @@ impl Live {
         let result = self.try_reload();
         self.telemetry.record_reload(result.is_ok());
         match &result {
-            Ok(reloaded) => tracing::info!(
-                source = source.label(),
-                added = ?reloaded.added,
-                removed = ?reloaded.removed,
-                changed = ?reloaded.changed,
-                settings = ?reloaded.settings,
-                "configuration reloaded"
-            ),
+            // Counts on the summary line, then one line per target or setting changed: log
+            // fields stay plain values (no lists rendered as text).
+            Ok(reloaded) => {
+                tracing::info!(
+                    source = source.label(),
+                    added = reloaded.added.len(),
+                    removed = reloaded.removed.len(),
+                    changed = reloaded.changed.len(),
+                    settings = reloaded.settings.len(),
+                    "configuration reloaded"
+                );
+                let targets = [
+                    ("added", &reloaded.added),
+                    ("removed", &reloaded.removed),
+                    ("changed", &reloaded.changed),
+                ];
+                for (change, names) in targets {
+                    for name in names {
+                        tracing::info!(source = source.label(), target = %name, change, "target reloaded");
+                    }
+                }
+                for key in &reloaded.settings {
+                    tracing::info!(source = source.label(), key = %key, "setting reloaded");
+                }
+            }
             Err(error) => tracing::warn!(
                 source = source.label(),
                 %error,

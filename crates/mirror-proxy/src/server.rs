@@ -27,6 +27,7 @@ use tower::{Layer, Service};
 use tower_mirror::diff::Diff;
 use tower_mirror::{DrainReport, MirrorLayer};
 
+use crate::access_log::{AccessLog, Logged};
 use crate::config::{Config, ConfigError, Edge, RunArgs};
 use crate::forward::{Forward, ForwardShared, LiveRoute};
 use crate::limits::{Activity, TimeoutBody, UpgradeGuard, Watched};
@@ -47,6 +48,8 @@ pub struct Proxy {
     live: Arc<Live>,
     telemetry: Arc<Telemetry>,
     edge: Arc<EdgeRuntime>,
+    /// The access log, when one is written.
+    access_log: Option<Arc<AccessLog>>,
 }
 
 /// What a shutdown left undone.
@@ -110,6 +113,10 @@ impl Proxy {
             config.edge.clone(),
             Arc::clone(&telemetry),
         )?);
+        let access_log = match &config.access_log {
+            Some(settings) => Some(AccessLog::open(settings, Arc::clone(&telemetry))?),
+            None => None,
+        };
         let live = Arc::new(Live::new(
             config.clone(),
             Arc::clone(&telemetry),
@@ -124,6 +131,7 @@ impl Proxy {
             live,
             telemetry,
             edge,
+            access_log,
         })
     }
 
@@ -180,6 +188,25 @@ impl Proxy {
             });
         }
 
+        // Dropped mirrors are counted by tower-mirror on the request path; once a second,
+        // those since the last look are logged at warn, per target and reason.
+        if let Some(mirror) = self.live.mirror() {
+            let (mirror, telemetry) = (mirror.clone(), Arc::clone(&self.telemetry));
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(crate::telemetry::LOG_EVERY);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => telemetry.log_drops(&mirror),
+                        _ = stopped.wait_for(|s| *s) => break,
+                    }
+                }
+                // The last drops before the shutdown still get their line.
+                telemetry.log_drops(&mirror);
+            });
+        }
+
         // Every connection task holds a sender; when all are gone, every connection closed.
         let (open, mut all_closed) = mpsc::channel::<()>(1);
         let signals = Signals {
@@ -194,27 +221,32 @@ impl Proxy {
             roots: self.config.tls_roots.clone(),
             telemetry: Arc::clone(&self.telemetry),
         };
+        // The access log sees the request as the client sent it, before normalisation.
+        let log = self.access_log.clone();
         let workers = match self.live.layer() {
             Some(mirror) => {
                 let mirror = mirror.clone();
                 spawn_workers(self.workers, signals, move || {
                     let shared = upstream.for_worker();
-                    let mirror = mirror.clone();
-                    move |inbound, guard| {
+                    let (mirror, log) = (mirror.clone(), log.clone());
+                    move |inbound: Inbound, guard| {
                         let forward = mirror.layer(Forward::new(Arc::clone(&shared)));
-                        normalized(forward, inbound, guard, body_timeout)
+                        let service = normalized(forward, inbound, guard, body_timeout);
+                        Logged::new(service, log.clone(), inbound.client)
                     }
                 })
             }
             None => spawn_workers(self.workers, signals, move || {
                 let shared = upstream.for_worker();
-                move |inbound, guard| {
-                    normalized(
+                let log = log.clone();
+                move |inbound: Inbound, guard| {
+                    let service = normalized(
                         Forward::new(Arc::clone(&shared)),
                         inbound,
                         guard,
                         body_timeout,
-                    )
+                    );
+                    Logged::new(service, log.clone(), inbound.client)
                 }
             }),
         };
@@ -252,6 +284,10 @@ impl Proxy {
         .await
         .unwrap_or(0);
         workers_failed += panicked;
+        if let Some(log) = self.access_log {
+            // Every request has ended: its line is queued; write them out before exiting.
+            let _ = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(5))).await;
+        }
         ShutdownReport {
             connections_abandoned,
             mirrors,

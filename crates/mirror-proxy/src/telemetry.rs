@@ -17,8 +17,39 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// How often a failing target may write a log line.
-const LOG_EVERY: Duration = Duration::from_secs(1);
+/// How often one kind of trouble (per target and reason) may write a log line.
+pub const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// The one rate limit on warn lines: for one target and reason, a line at most once per
+/// [`LOG_EVERY`]; the events in between are counted and reported by the next line, so a
+/// flood costs one line a second and loses no count.
+#[derive(Debug, Default)]
+struct LogEvery {
+    /// Milliseconds since the telemetry started (plus one) at the last line; 0 for never.
+    last_ms: AtomicU64,
+    /// Events since the last line that wrote none.
+    unlogged: AtomicU64,
+}
+
+impl LogEvery {
+    /// For an event at `now_ms` (at least 1): `Some(events left out since the last line)`
+    /// when a line is due, `None` (the event counted for later) when not.
+    fn check(&self, now_ms: u64) -> Option<u64> {
+        let before = self.last_ms.load(Relaxed);
+        let due = before == 0 || now_ms.saturating_sub(before) >= LOG_EVERY.as_millis() as u64;
+        if due
+            && self
+                .last_ms
+                .compare_exchange(before, now_ms, Relaxed, Relaxed)
+                .is_ok()
+        {
+            Some(self.unlogged.swap(0, Relaxed))
+        } else {
+            self.unlogged.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
 
 /// Upper bounds of the in-process latency buckets, in microseconds: 1 µs to ~10 min,
 /// each 10 % above the last, so a quantile is known to within 10 %.
@@ -201,8 +232,7 @@ impl Rejection {
 #[derive(Debug, Default)]
 pub struct Rejections {
     counts: [AtomicU64; 10],
-    last_log_ms: [AtomicU64; 10],
-    unlogged: [AtomicU64; 10],
+    logs: [LogEvery; 10],
 }
 
 impl Rejections {
@@ -224,9 +254,8 @@ pub struct ConnectionStats {
     pub limit_reached: AtomicU64,
     /// Failed accepts (out of file descriptors, say).
     pub accept_errors: AtomicU64,
-    last_limit_log_ms: AtomicU64,
-    last_accept_log_ms: AtomicU64,
-    unlogged_accept_errors: AtomicU64,
+    limit_log: LogEvery,
+    accept_log: LogEvery,
 }
 
 /// The primary path's counters.
@@ -242,9 +271,8 @@ pub struct PrimaryStats {
     pub upstream_unavailable: AtomicU64,
     /// Requests the upstream did not answer in time.
     pub upstream_timeouts: AtomicU64,
-    /// When each kind of upstream failure was last logged, and how many were not since.
-    upstream_logs: [AtomicU64; 2],
-    upstream_unlogged: [AtomicU64; 2],
+    /// The log lines of each kind of upstream failure.
+    upstream_logs: [LogEvery; 2],
     /// Time from forwarding a request to the upstream's response head.
     pub upstream_latency: LatencyHistogram,
 }
@@ -258,11 +286,11 @@ pub struct TargetTelemetry {
     pub latency: LatencyHistogram,
     /// The target's responses by status class.
     pub responses: StatusClasses,
-    /// `mirror_latency_seconds{target, outcome}` for `responded`, `failed` and `timed_out`
-    /// (every exchange that went out), registered once: recording is then a few atomics.
+    /// `mirror_proxy_mirror_latency_seconds{target, outcome}` for `responded`, `failed` and
+    /// `timed_out` (every exchange that went out), registered once: recording is then a few
+    /// atomics.
     latency_metric: [metrics::Histogram; 3],
-    last_log_ms: AtomicU64,
-    unlogged_failures: AtomicU64,
+    failure_log: LogEvery,
 }
 
 impl TargetTelemetry {
@@ -273,14 +301,12 @@ impl TargetTelemetry {
             responses: StatusClasses::default(),
             latency_metric: ["responded", "failed", "timed_out"].map(|outcome| {
                 metrics::histogram!(
-                    "mirror_latency_seconds",
+                    MIRROR_LATENCY,
                     "target" => name.to_owned(),
                     "outcome" => outcome
                 )
             }),
-            // "Long ago", so the first failure is logged.
-            last_log_ms: AtomicU64::new(0),
-            unlogged_failures: AtomicU64::new(0),
+            failure_log: LogEvery::default(),
         }
     }
 }
@@ -297,8 +323,10 @@ pub struct LiveStats {
     last_success_bits: AtomicU64,
     /// Admin requests refused for a missing or wrong token.
     pub admin_unauthorized: AtomicU64,
-    last_unauthorized_log_ms: AtomicU64,
-    unlogged_unauthorized: AtomicU64,
+    unauthorized_log: LogEvery,
+    /// Access-log lines dropped because the writer's queue was full.
+    pub access_log_dropped: AtomicU64,
+    access_log_drop_log: LogEvery,
 }
 
 impl LiveStats {
@@ -324,11 +352,15 @@ pub struct Telemetry {
     targets: ArcSwap<Vec<Arc<TargetTelemetry>>>,
     /// Reloads and admin refusals.
     pub live: LiveStats,
-    /// The targets `mirror_target_enabled` was last exported for, so that a removed one
-    /// drops to 0.
+    /// The targets `mirror_proxy_mirror_enabled` was last exported for, so that a removed
+    /// one drops to 0.
     exported_targets: Mutex<HashSet<String>>,
+    /// Dropped mirrors per target and reason at the last [`Telemetry::log_drops`].
+    drops_seen: Mutex<std::collections::HashMap<(String, &'static str), u64>>,
     prometheus: Option<PrometheusHandle>,
-    /// `proxy_upstream_latency_seconds`, registered once.
+    /// The `process_*` series, read at each scrape.
+    process: Option<metrics_process::Collector>,
+    /// `mirror_proxy_upstream_latency_seconds`, registered once.
     upstream_latency_metric: metrics::Histogram,
 }
 
@@ -338,8 +370,13 @@ impl Telemetry {
     pub fn new<'a>(targets: impl IntoIterator<Item = &'a str>, prometheus: bool) -> Self {
         // The recorder first: metric handles register with whichever recorder is installed.
         let prometheus = prometheus.then(install_prometheus).flatten();
+        let process = prometheus.as_ref().map(|_| {
+            let collector = metrics_process::Collector::default();
+            collector.describe();
+            collector
+        });
         let telemetry = Self {
-            upstream_latency_metric: metrics::histogram!("proxy_upstream_latency_seconds"),
+            upstream_latency_metric: metrics::histogram!(UPSTREAM_LATENCY),
             started: Instant::now(),
             route_labels: std::sync::Mutex::default(),
             primary: PrimaryStats::default(),
@@ -351,7 +388,9 @@ impl Telemetry {
             ),
             live: LiveStats::default(),
             exported_targets: Mutex::default(),
+            drops_seen: Mutex::default(),
             prometheus,
+            process,
         };
         telemetry.record_load();
         telemetry
@@ -405,16 +444,26 @@ impl Telemetry {
         }
     }
 
+    /// An access-log line was dropped (the writer's queue was full): counted, and logged at
+    /// most once a second with the number left out since.
+    pub fn record_access_log_dropped(&self) {
+        let live = &self.live;
+        live.access_log_dropped.fetch_add(1, Relaxed);
+        if let Some(suppressed) = live.access_log_drop_log.check(self.now_ms()) {
+            tracing::warn!(
+                suppressed,
+                "access log: line dropped, the writer is behind (a slow disk or pipe?)"
+            );
+        }
+    }
+
     /// An admin request without the right token: counted, and logged at most once a second
     /// (with the number left out since).
     pub fn record_unauthorized(&self, detail: &dyn std::fmt::Display) {
         let live = &self.live;
         live.admin_unauthorized.fetch_add(1, Relaxed);
-        if self.due(&live.last_unauthorized_log_ms) {
-            let suppressed = live.unlogged_unauthorized.swap(0, Relaxed);
+        if let Some(suppressed) = live.unauthorized_log.check(self.now_ms()) {
             tracing::warn!(detail = %detail, suppressed, "admin request refused: 401");
-        } else {
-            live.unlogged_unauthorized.fetch_add(1, Relaxed);
         }
     }
 
@@ -442,8 +491,7 @@ impl Telemetry {
             // Closing idle connections is housekeeping, not news: counted, not logged.
             return;
         }
-        if self.due(&rejected.last_log_ms[i]) {
-            let suppressed = rejected.unlogged[i].swap(0, Relaxed);
+        if let Some(suppressed) = rejected.logs[i].check(self.now_ms()) {
             tracing::warn!(
                 reason = reason.label(),
                 status = reason.status(),
@@ -451,8 +499,6 @@ impl Telemetry {
                 suppressed,
                 "request rejected"
             );
-        } else {
-            rejected.unlogged[i].fetch_add(1, Relaxed);
         }
     }
 
@@ -460,7 +506,7 @@ impl Telemetry {
     pub fn record_connection_limit(&self) {
         let connections = &self.primary.connections;
         connections.limit_reached.fetch_add(1, Relaxed);
-        if self.due(&connections.last_limit_log_ms) {
+        if connections.limit_log.check(self.now_ms()).is_some() {
             tracing::warn!(
                 reached = connections.limit_reached.load(Relaxed),
                 "connection limit reached: not accepting until a connection closes"
@@ -472,49 +518,86 @@ impl Telemetry {
     pub fn record_accept_error(&self, error: &std::io::Error) {
         let connections = &self.primary.connections;
         connections.accept_errors.fetch_add(1, Relaxed);
-        if self.due(&connections.last_accept_log_ms) {
-            let suppressed = connections.unlogged_accept_errors.swap(0, Relaxed);
+        if let Some(suppressed) = connections.accept_log.check(self.now_ms()) {
             tracing::warn!(%error, suppressed, "accept failed");
-        } else {
-            connections.unlogged_accept_errors.fetch_add(1, Relaxed);
         }
     }
 
-    /// True, once a second at most, for the log line whose last time `last` holds.
-    fn due(&self, last: &AtomicU64) -> bool {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
-        let before = last.load(Relaxed);
-        let due = before == 0 || now.saturating_sub(before) >= LOG_EVERY.as_millis() as u64;
-        due && last.compare_exchange(before, now, Relaxed, Relaxed).is_ok()
+    /// Milliseconds since the telemetry started, plus one (0 means "never" to [`LogEvery`]).
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
     }
 
-    /// The upstream failed to answer.
+    /// The upstream at `upstream` failed to answer.
     ///
-    /// Logged at warn, at most once a second per kind, with the number left out since: the
+    /// Logged at warn, at most once a second per reason, with the number left out since: the
     /// clients got a 502 or 504, so an operator must hear of it without a flood.
-    pub fn record_upstream_error(&self, error: UpstreamError, detail: &dyn std::fmt::Display) {
+    pub fn record_upstream_error(
+        &self,
+        error: UpstreamError,
+        upstream: &str,
+        detail: &dyn std::fmt::Display,
+    ) {
         let primary = &self.primary;
-        let (counter, last, unlogged, status) = match error {
+        let (counter, log, status, reason) = match error {
             UpstreamError::Unavailable => (
                 &primary.upstream_unavailable,
                 &primary.upstream_logs[0],
-                &primary.upstream_unlogged[0],
                 502,
+                "unavailable",
             ),
             UpstreamError::Timeout => (
                 &primary.upstream_timeouts,
                 &primary.upstream_logs[1],
-                &primary.upstream_unlogged[1],
                 504,
+                "timeout",
             ),
         };
         counter.fetch_add(1, Relaxed);
-        if self.due(last) {
-            let suppressed = unlogged.swap(0, Relaxed);
-            tracing::warn!(status, detail = %detail, suppressed, "upstream failed");
-        } else {
-            unlogged.fetch_add(1, Relaxed);
+        if let Some(suppressed) = log.check(self.now_ms()) {
+            tracing::warn!(
+                status,
+                upstream,
+                reason,
+                detail = %detail,
+                suppressed,
+                "upstream failed"
+            );
         }
+    }
+
+    /// Logs, at warn, the mirrors each target dropped since the last call, one line per
+    /// target and reason that dropped any, with the count. Called once per [`LOG_EVERY`]
+    /// (by [`crate::Proxy::serve`]), which is what rate-limits these lines: tower-mirror
+    /// counts drops on the request path, and reading its counters is the only way to hear
+    /// of them that costs the request path nothing.
+    pub fn log_drops(&self, mirror: &MirrorHandle) {
+        let stats = mirror.stats();
+        let mut seen = self.drops_seen.lock().unwrap_or_else(|p| p.into_inner());
+        for target in &stats.targets {
+            let reasons = [
+                ("overload", target.dropped_overload),
+                ("rate_limited", target.dropped_rate_limited),
+                ("no_connection", target.dropped_no_connection),
+                ("budget_exhausted", target.skipped.budget_exhausted),
+            ];
+            for (reason, total) in reasons {
+                let before = seen.insert((target.name.clone(), reason), total);
+                // A target replaced under the same name may start again from 0.
+                let dropped = total.saturating_sub(before.unwrap_or(0));
+                if dropped > 0 {
+                    tracing::warn!(
+                        target = %target.name,
+                        reason,
+                        dropped,
+                        total,
+                        "mirrors dropped"
+                    );
+                }
+            }
+        }
+        let names: HashSet<&str> = stats.targets.iter().map(|t| t.name.as_str()).collect();
+        seen.retain(|(name, _), _| names.contains(name.as_str()));
     }
 
     /// tower-mirror's `on_success`.
@@ -541,16 +624,7 @@ impl Telemetry {
             let outcome = if error.is_timeout() { 2 } else { 1 };
             target.latency_metric[outcome].record(latency.as_secs_f64());
         }
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
-        let last = target.last_log_ms.load(Relaxed);
-        let due = last == 0 || now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64;
-        if due
-            && target
-                .last_log_ms
-                .compare_exchange(last, now, Relaxed, Relaxed)
-                .is_ok()
-        {
-            let suppressed = target.unlogged_failures.swap(0, Relaxed);
+        if let Some(suppressed) = target.failure_log.check(self.now_ms()) {
             tracing::warn!(
                 target = name,
                 error = %error,
@@ -559,8 +633,6 @@ impl Telemetry {
                 suppressed,
                 "mirror failed"
             );
-        } else {
-            target.unlogged_failures.fetch_add(1, Relaxed);
         }
     }
 
@@ -581,7 +653,7 @@ impl Telemetry {
             "differ"
         };
         metrics::counter!(
-            "mirror_comparisons_total",
+            MIRROR_COMPARISONS,
             "target" => comparison.target.clone(),
             "route" => route,
             "outcome" => outcome
@@ -598,7 +670,9 @@ impl Telemetry {
             export_mirror_counters(mirror);
             self.export_enabled(mirror);
         }
-        metrics::gauge!("proxy_uptime_seconds").set(self.started.elapsed().as_secs_f64());
+        if let Some(process) = &self.process {
+            process.collect();
+        }
         handle.run_upkeep();
         Some(handle.render())
     }
@@ -628,8 +702,9 @@ impl Telemetry {
                     "ok": self.live.reloads_ok.load(Relaxed),
                     "error": self.live.reloads_error.load(Relaxed),
                 },
-                "last_reload_success_timestamp_seconds": self.live.last_success(),
+                "last_reload_success_timestamp_seconds": rounded(self.live.last_success()),
                 "admin_unauthorized": self.live.admin_unauthorized.load(Relaxed),
+                "access_log_dropped": self.live.access_log_dropped.load(Relaxed),
             },
         });
         if let Some(mirror) = mirror {
@@ -685,43 +760,34 @@ impl Telemetry {
     /// The counters kept here, as Prometheus counters.
     fn export_counters(&self) {
         for (class, n) in self.primary.responses.iter() {
-            metrics::counter!("proxy_requests_total", "status_class" => class).absolute(n);
+            metrics::counter!(REQUESTS, "status_class" => class).absolute(n);
         }
         let errors = [
             ("unavailable", &self.primary.upstream_unavailable),
             ("timeout", &self.primary.upstream_timeouts),
         ];
         for (kind, n) in errors {
-            metrics::counter!("proxy_upstream_errors_total", "kind" => kind)
-                .absolute(n.load(Relaxed));
+            metrics::counter!(UPSTREAM_ERRORS, "kind" => kind).absolute(n.load(Relaxed));
         }
         let connections = &self.primary.connections;
-        metrics::counter!("mirror_proxy_connection_limit_reached_total")
+        metrics::counter!(CONNECTION_LIMIT_REACHED)
             .absolute(connections.limit_reached.load(Relaxed));
-        metrics::counter!("mirror_proxy_accept_errors_total")
-            .absolute(connections.accept_errors.load(Relaxed));
+        metrics::counter!(ACCEPT_ERRORS).absolute(connections.accept_errors.load(Relaxed));
         for (reason, n) in self.primary.rejected.iter() {
             let status = reason.status().map_or("none".to_owned(), |s| s.to_string());
-            metrics::counter!(
-                "mirror_proxy_rejected_total",
-                "reason" => reason.label(),
-                "status" => status
-            )
-            .absolute(n);
+            metrics::counter!(REJECTED, "reason" => reason.label(), "status" => status).absolute(n);
         }
         let live = &self.live;
         for (result, n) in [("ok", &live.reloads_ok), ("error", &live.reloads_error)] {
-            metrics::counter!("mirror_config_reloads_total", "result" => result)
-                .absolute(n.load(Relaxed));
+            metrics::counter!(CONFIG_RELOADS, "result" => result).absolute(n.load(Relaxed));
         }
-        metrics::gauge!("mirror_config_last_reload_success_timestamp_seconds")
-            .set(live.last_success());
-        metrics::counter!("mirror_proxy_admin_unauthorized_total")
-            .absolute(live.admin_unauthorized.load(Relaxed));
+        metrics::gauge!(CONFIG_LAST_RELOAD).set(live.last_success());
+        metrics::counter!(ADMIN_UNAUTHORIZED).absolute(live.admin_unauthorized.load(Relaxed));
+        metrics::counter!(ACCESS_LOG_DROPPED).absolute(live.access_log_dropped.load(Relaxed));
         for target in self.targets.load().iter() {
             for (class, n) in target.responses.iter() {
                 metrics::counter!(
-                    "mirror_responses_total",
+                    MIRROR_RESPONSES,
                     "target" => target.name.clone(),
                     "status_class" => class
                 )
@@ -732,10 +798,10 @@ impl Telemetry {
 }
 
 impl Telemetry {
-    /// `mirror_enabled` and `mirror_target_enabled{target}`: 1 or 0; a target no longer
-    /// configured drops to 0.
+    /// `mirror_proxy_mirroring_enabled` and `mirror_proxy_mirror_enabled{target}`: 1 or 0; a
+    /// target no longer configured drops to 0.
     fn export_enabled(&self, mirror: &MirrorHandle) {
-        metrics::gauge!("mirror_enabled").set(if mirror.is_enabled() { 1.0 } else { 0.0 });
+        metrics::gauge!(MIRRORING_ENABLED).set(if mirror.is_enabled() { 1.0 } else { 0.0 });
         let mut exported = self
             .exported_targets
             .lock()
@@ -743,25 +809,200 @@ impl Telemetry {
         let mut now = HashSet::new();
         for target in mirror.targets() {
             let enabled = if target.enabled { 1.0 } else { 0.0 };
-            metrics::gauge!("mirror_target_enabled", "target" => target.name.clone()).set(enabled);
+            metrics::gauge!(MIRROR_ENABLED, "target" => target.name.clone()).set(enabled);
             now.insert(target.name);
         }
         for gone in exported.difference(&now) {
-            metrics::gauge!("mirror_target_enabled", "target" => gone.clone()).set(0.0);
+            metrics::gauge!(MIRROR_ENABLED, "target" => gone.clone()).set(0.0);
         }
         *exported = now;
     }
+}
+
+// Every series the proxy exports, by the Prometheus naming rules: one prefix, base units
+// (seconds, bytes) in the name, `_total` on counters, `_info` on the info series. The
+// README's table lists them; `describe` gives each its HELP line and unit.
+const REQUESTS: &str = "mirror_proxy_requests_total";
+const UPSTREAM_ERRORS: &str = "mirror_proxy_upstream_errors_total";
+const UPSTREAM_LATENCY: &str = "mirror_proxy_upstream_latency_seconds";
+const CONNECTION_LIMIT_REACHED: &str = "mirror_proxy_connection_limit_reached_total";
+const ACCEPT_ERRORS: &str = "mirror_proxy_accept_errors_total";
+const REJECTED: &str = "mirror_proxy_rejected_total";
+const CONFIG_RELOADS: &str = "mirror_proxy_config_reloads_total";
+const CONFIG_LAST_RELOAD: &str = "mirror_proxy_config_last_reload_success_timestamp_seconds";
+const ADMIN_UNAUTHORIZED: &str = "mirror_proxy_admin_unauthorized_total";
+const ACCESS_LOG_DROPPED: &str = "mirror_proxy_access_log_dropped_total";
+const BUILD_INFO: &str = "mirror_proxy_build_info";
+const MIRRORING_ENABLED: &str = "mirror_proxy_mirroring_enabled";
+const NOT_MIRRORED: &str = "mirror_proxy_not_mirrored_total";
+const BUFFERED: &str = "mirror_proxy_mirror_buffered_bytes";
+const MIRROR_ENABLED: &str = "mirror_proxy_mirror_enabled";
+const MIRROR_REQUESTS: &str = "mirror_proxy_mirror_requests_total";
+const MIRROR_SAMPLED: &str = "mirror_proxy_mirror_sampled_total";
+const MIRROR_SAMPLED_WITHOUT_KEY: &str = "mirror_proxy_mirror_sampled_without_key_total";
+const MIRROR_SENT: &str = "mirror_proxy_mirror_sent_total";
+const MIRROR_PAUSED: &str = "mirror_proxy_mirror_paused_total";
+const MIRROR_FILTERED: &str = "mirror_proxy_mirror_filtered_total";
+const MIRROR_DROPPED: &str = "mirror_proxy_mirror_dropped_total";
+const MIRROR_SKIPPED: &str = "mirror_proxy_mirror_skipped_total";
+const MIRROR_IN_FLIGHT: &str = "mirror_proxy_mirror_in_flight";
+const MIRROR_CONNECTIONS: &str = "mirror_proxy_mirror_connections";
+const MIRROR_RESPONSES: &str = "mirror_proxy_mirror_responses_total";
+const MIRROR_LATENCY: &str = "mirror_proxy_mirror_latency_seconds";
+const MIRROR_COMPARISONS: &str = "mirror_proxy_mirror_comparisons_total";
+
+/// HELP text and unit for every series (the `process_*` ones describe themselves).
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        REQUESTS,
+        Unit::Count,
+        "Responses to clients, by status class (502 and 504 from the proxy included)."
+    );
+    describe_counter!(
+        UPSTREAM_ERRORS,
+        Unit::Count,
+        "Requests the upstream did not answer: kind unavailable (502) or timeout (504)."
+    );
+    describe_histogram!(
+        UPSTREAM_LATENCY,
+        Unit::Seconds,
+        "Time from forwarding a request to the upstream's response head."
+    );
+    describe_counter!(
+        CONNECTION_LIMIT_REACHED,
+        Unit::Count,
+        "Times --max-connections was reached and accepting paused."
+    );
+    describe_counter!(
+        ACCEPT_ERRORS,
+        Unit::Count,
+        "Client connections that failed to be accepted (out of file descriptors, say)."
+    );
+    describe_counter!(
+        REJECTED,
+        Unit::Count,
+        "Requests and connections the proxy refused itself, by reason and status (none when closed)."
+    );
+    describe_counter!(
+        CONFIG_RELOADS,
+        Unit::Count,
+        "Configuration reloads, by result: ok (applied) or error (nothing applied)."
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD,
+        Unit::Seconds,
+        "When the configuration was last loaded successfully, in seconds since the Unix epoch."
+    );
+    describe_counter!(
+        ADMIN_UNAUTHORIZED,
+        Unit::Count,
+        "Admin requests refused for a missing or wrong token."
+    );
+    describe_counter!(
+        ACCESS_LOG_DROPPED,
+        Unit::Count,
+        "Access-log lines dropped because the writer thread was behind."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label is the running mirror-proxy's version."
+    );
+    describe_gauge!(
+        MIRRORING_ENABLED,
+        "1 while mirroring is on, 0 after the kill switch (POST /mirroring/disable)."
+    );
+    describe_counter!(
+        NOT_MIRRORED,
+        Unit::Count,
+        "Requests no target was considered for, by reason (disabled, upgrade, ...)."
+    );
+    describe_gauge!(
+        BUFFERED,
+        Unit::Bytes,
+        "Request body bytes held for mirrors not yet finished, over all targets."
+    );
+    describe_gauge!(
+        MIRROR_ENABLED,
+        "1 while the target takes mirrors, 0 when paused, at 0 %, or removed."
+    );
+    describe_counter!(
+        MIRROR_REQUESTS,
+        Unit::Count,
+        "Mirror exchanges that ended, by outcome: responded, failed or timed_out."
+    );
+    describe_counter!(
+        MIRROR_SAMPLED,
+        Unit::Count,
+        "Requests the target's sampling chose (before its limits)."
+    );
+    describe_counter!(
+        MIRROR_SAMPLED_WITHOUT_KEY,
+        Unit::Count,
+        "Requests sampled by key that had no key, so were sampled by count."
+    );
+    describe_counter!(MIRROR_SENT, Unit::Count, "Mirrors sent to the target.");
+    describe_counter!(
+        MIRROR_PAUSED,
+        Unit::Count,
+        "Requests the target did not take while paused."
+    );
+    describe_counter!(
+        MIRROR_FILTERED,
+        Unit::Count,
+        "Requests the target's filter (methods, paths, headers) left out."
+    );
+    describe_counter!(
+        MIRROR_DROPPED,
+        Unit::Count,
+        "Sampled mirrors dropped, by reason: overload, rate_limited or no_connection."
+    );
+    describe_counter!(
+        MIRROR_SKIPPED,
+        Unit::Count,
+        "Sampled mirrors not sent because of the request body, by reason."
+    );
+    describe_gauge!(
+        MIRROR_IN_FLIGHT,
+        Unit::Count,
+        "Mirrors to the target in flight now."
+    );
+    describe_gauge!(
+        MIRROR_CONNECTIONS,
+        Unit::Count,
+        "Open connections to the target."
+    );
+    describe_counter!(
+        MIRROR_RESPONSES,
+        Unit::Count,
+        "The target's responses, by status class."
+    );
+    describe_histogram!(
+        MIRROR_LATENCY,
+        Unit::Seconds,
+        "Time to the target's response head (or its failure), by outcome."
+    );
+    describe_counter!(
+        MIRROR_COMPARISONS,
+        Unit::Count,
+        "Shadow responses compared with the primary's, by route and outcome: equal or differ."
+    );
 }
 
 /// How often the Prometheus recorder's histogram samples are folded in without a scrape.
 const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 fn install_prometheus() -> Option<PrometheusHandle> {
+    // Recommended naming is a guard: every name above already follows it, so it adds
+    // nothing unless a future series forgets its `_total` or unit.
     let builder = PrometheusBuilder::new()
+        .with_recommended_naming(true)
         .set_buckets(LATENCY_BUCKETS)
         .expect("the bucket list is not empty");
     match builder.install_recorder() {
         Ok(handle) => {
+            describe();
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             // Histogram samples pile up in the recorder until upkeep folds them in, which
             // rendering /metrics does; with no one scraping, memory grew by ~18 bytes per
             // request (found by bench/run.sh). Upkeep runs on its own thread instead.
@@ -797,34 +1038,34 @@ fn export_mirror_counters(mirror: &MirrorHandle) {
             ("failed", t.failed),
             ("timed_out", t.timed_out),
         ] {
-            metrics::counter!("mirror_requests_total", "target" => target.clone(), "outcome" => outcome)
+            metrics::counter!(MIRROR_REQUESTS, "target" => target.clone(), "outcome" => outcome)
                 .absolute(n);
         }
-        metrics::counter!("mirror_sampled_total", "target" => target.clone()).absolute(t.sampled);
-        metrics::counter!("mirror_sent_total", "target" => target.clone()).absolute(t.sent);
-        metrics::counter!("mirror_paused_total", "target" => target.clone()).absolute(t.paused);
+        metrics::counter!(MIRROR_SAMPLED, "target" => target.clone()).absolute(t.sampled);
+        metrics::counter!(MIRROR_SENT, "target" => target.clone()).absolute(t.sent);
+        metrics::counter!(MIRROR_PAUSED, "target" => target.clone()).absolute(t.paused);
         for (reason, n) in [
             ("overload", t.dropped_overload),
             ("rate_limited", t.dropped_rate_limited),
             ("no_connection", t.dropped_no_connection),
         ] {
-            metrics::counter!("mirror_dropped_total", "target" => target.clone(), "reason" => reason)
+            metrics::counter!(MIRROR_DROPPED, "target" => target.clone(), "reason" => reason)
                 .absolute(n);
         }
-        metrics::counter!("mirror_filtered_total", "target" => target.clone()).absolute(t.filtered);
-        metrics::counter!("mirror_sampled_without_key_total", "target" => target.clone())
+        metrics::counter!(MIRROR_FILTERED, "target" => target.clone()).absolute(t.filtered);
+        metrics::counter!(MIRROR_SAMPLED_WITHOUT_KEY, "target" => target.clone())
             .absolute(t.sampled_without_key);
         for (reason, n) in t.skipped.iter() {
-            metrics::counter!("mirror_skipped_total", "target" => target.clone(), "reason" => reason)
+            metrics::counter!(MIRROR_SKIPPED, "target" => target.clone(), "reason" => reason)
                 .absolute(n);
         }
-        metrics::gauge!("mirror_in_flight", "target" => target.clone()).set(t.in_flight as f64);
-        metrics::gauge!("mirror_connections", "target" => target).set(t.connections as f64);
+        metrics::gauge!(MIRROR_IN_FLIGHT, "target" => target.clone()).set(t.in_flight as f64);
+        metrics::gauge!(MIRROR_CONNECTIONS, "target" => target).set(t.connections as f64);
     }
     for (reason, n) in stats.not_mirrored.iter() {
-        metrics::counter!("mirror_not_mirrored_total", "reason" => reason).absolute(n);
+        metrics::counter!(NOT_MIRRORED, "reason" => reason).absolute(n);
     }
-    metrics::gauge!("mirror_buffered_bytes").set(stats.buffered_bytes as f64);
+    metrics::gauge!(BUFFERED).set(stats.buffered_bytes as f64);
 }
 
 /// `value` to three decimals, so /stats says `7.881`, not `7.881000000000001`.

@@ -145,7 +145,7 @@ async fn the_diff_report_shows_the_candidates_differences_without_the_noise() {
 
     let metrics = proxy.metrics().await;
     let series = format!(
-        "mirror_comparisons_total{{target=\"{candidate}\",route=\"GET /users/{{id}}\",outcome=\"differ\"}}"
+        "mirror_proxy_mirror_comparisons_total{{target=\"{candidate}\",route=\"GET /users/{{id}}\",outcome=\"differ\"}}"
     );
     assert_eq!(support::sample(&metrics, &series), Some(5.0), "{metrics}");
 }

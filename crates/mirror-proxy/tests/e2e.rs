@@ -837,16 +837,16 @@ async fn stats_and_metrics_count_the_traffic() {
 
     let (ra, rb) = (
         format!(
-            "mirror_requests_total{{target=\"{}\",outcome=\"responded\"}}",
+            "mirror_proxy_mirror_requests_total{{target=\"{}\",outcome=\"responded\"}}",
             a.url
         ),
         format!(
-            "mirror_requests_total{{target=\"{}\",outcome=\"responded\"}}",
+            "mirror_proxy_mirror_requests_total{{target=\"{}\",outcome=\"responded\"}}",
             b.url
         ),
     );
     let latency_count = format!(
-        "mirror_latency_seconds_count{{target=\"{}\",outcome=\"responded\"}}",
+        "mirror_proxy_mirror_latency_seconds_count{{target=\"{}\",outcome=\"responded\"}}",
         a.url
     );
     let text = proxy
@@ -861,36 +861,39 @@ async fn stats_and_metrics_count_the_traffic() {
     };
     expect(
         &format!(
-            "mirror_requests_total{{target=\"{}\",outcome=\"failed\"}}",
+            "mirror_proxy_mirror_requests_total{{target=\"{}\",outcome=\"failed\"}}",
             a.url
         ),
         0.0,
     );
     expect(
-        &format!("mirror_sampled_total{{target=\"{}\"}}", b.url),
+        &format!("mirror_proxy_mirror_sampled_total{{target=\"{}\"}}", b.url),
         5.0,
     );
-    expect("proxy_requests_total{status_class=\"2xx\"}", 8.0);
-    expect("proxy_requests_total{status_class=\"4xx\"}", 2.0);
+    expect("mirror_proxy_requests_total{status_class=\"2xx\"}", 8.0);
+    expect("mirror_proxy_requests_total{status_class=\"4xx\"}", 2.0);
     expect(
         &format!(
-            "mirror_latency_seconds_bucket{{target=\"{}\",outcome=\"responded\",le=\"+Inf\"}}",
+            "mirror_proxy_mirror_latency_seconds_bucket{{target=\"{}\",outcome=\"responded\",le=\"+Inf\"}}",
             a.url
         ),
         10.0,
     );
     expect(
         &format!(
-            "mirror_latency_seconds_bucket{{target=\"{}\",outcome=\"responded\",le=\"+Inf\"}}",
+            "mirror_proxy_mirror_latency_seconds_bucket{{target=\"{}\",outcome=\"responded\",le=\"+Inf\"}}",
             b.url
         ),
         5.0,
     );
-    expect("proxy_upstream_latency_seconds_bucket{le=\"+Inf\"}", 10.0);
-    expect("proxy_upstream_latency_seconds_count", 10.0);
+    expect(
+        "mirror_proxy_upstream_latency_seconds_bucket{le=\"+Inf\"}",
+        10.0,
+    );
+    expect("mirror_proxy_upstream_latency_seconds_count", 10.0);
     let buckets = text
         .lines()
-        .filter(|l| l.starts_with("proxy_upstream_latency_seconds_bucket{le="))
+        .filter(|l| l.starts_with("mirror_proxy_upstream_latency_seconds_bucket{le="))
         .count();
     assert!(buckets > 1, "upstream latency buckets in:\n{text}");
 }
@@ -1343,7 +1346,7 @@ async fn chunked_bodies_stream_through_and_are_mirrored() {
 
 /// 5b. A target whose connections are all busy: further mirrors are dropped at once and
 /// counted (`no_connection`), never queued; the exchanges that went out and hung show in
-/// `mirror_latency_seconds{outcome="timed_out"}`.
+/// `mirror_proxy_mirror_latency_seconds{outcome="timed_out"}`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_target_drops_mirrors_for_want_of_a_connection() {
     let upstream = Server::upstream().await;
@@ -1390,8 +1393,9 @@ max_connections = 2
     assert_eq!(shadow.count(), 2, "nothing waits to go out");
 
     // The callback that records the latency runs before the counter moves: wait for both.
-    let latency = "mirror_latency_seconds_count{target=\"slow\",outcome=\"timed_out\"}";
-    let timed_out = "mirror_requests_total{target=\"slow\",outcome=\"timed_out\"}";
+    let latency =
+        "mirror_proxy_mirror_latency_seconds_count{target=\"slow\",outcome=\"timed_out\"}";
+    let timed_out = "mirror_proxy_mirror_requests_total{target=\"slow\",outcome=\"timed_out\"}";
     let text = proxy
         .wait_metrics("the hung exchanges' latency", |text| {
             sample(text, latency) == Some(2.0) && sample(text, timed_out) == Some(2.0)
@@ -1400,7 +1404,7 @@ max_connections = 2
     assert_eq!(
         sample(
             &text,
-            "mirror_dropped_total{target=\"slow\",reason=\"no_connection\"}"
+            "mirror_proxy_mirror_dropped_total{target=\"slow\",reason=\"no_connection\"}"
         ),
         Some(3.0),
         "{text}"

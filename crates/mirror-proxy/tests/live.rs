@@ -243,7 +243,7 @@ async fn reloads_under_load_lose_no_request_and_keep_the_counts() {
             assert_eq!(target_named(&stats, gone)["removed"], true, "{stats:#}");
         }
         let metrics = proxy.metrics().await;
-        let enabled = format!("mirror_target_enabled{{target=\"extra-{i}\"}}");
+        let enabled = format!("mirror_proxy_mirror_enabled{{target=\"extra-{i}\"}}");
         assert_eq!(sample(&metrics, &enabled), Some(1.0), "reload {i}");
         // Requests flow between every two reloads.
         load.advance(20).await;
@@ -279,21 +279,21 @@ async fn reloads_under_load_lose_no_request_and_keep_the_counts() {
     assert_eq!(upstreams[0].count(), before + 1);
     let metrics = proxy.metrics().await;
     assert_eq!(
-        sample(&metrics, "mirror_config_reloads_total{result=\"ok\"}"),
+        sample(&metrics, "mirror_proxy_config_reloads_total{result=\"ok\"}"),
         Some(20.0)
     );
     assert_eq!(
-        sample(&metrics, "mirror_target_enabled{target=\"extra-20\"}"),
+        sample(&metrics, "mirror_proxy_mirror_enabled{target=\"extra-20\"}"),
         Some(1.0)
     );
     assert_eq!(
-        sample(&metrics, "mirror_target_enabled{target=\"extra-18\"}"),
+        sample(&metrics, "mirror_proxy_mirror_enabled{target=\"extra-18\"}"),
         Some(0.0),
         "a removed target drops to 0"
     );
     let last = sample(
         &metrics,
-        "mirror_config_last_reload_success_timestamp_seconds",
+        "mirror_proxy_config_last_reload_success_timestamp_seconds",
     )
     .expect("the reload timestamp");
     assert!(last > 1.0e9, "{last}");
@@ -323,7 +323,10 @@ async fn the_kill_switch_stops_new_mirrors_while_in_flight_ones_finish() {
         (StatusCode::OK, &json!({ "enabled": false }))
     );
     let metrics = proxy.metrics().await;
-    assert_eq!(sample(&metrics, "mirror_enabled"), Some(0.0));
+    assert_eq!(
+        sample(&metrics, "mirror_proxy_mirroring_enabled"),
+        Some(0.0)
+    );
 
     requests(&proxy, "/during", 3).await;
     let stats = proxy.stats().await;
@@ -404,7 +407,7 @@ async fn a_paused_target_gets_nothing_and_counts_paused() {
     assert_eq!(
         sample(
             &proxy.metrics().await,
-            "mirror_target_enabled{target=\"a\"}"
+            "mirror_proxy_mirror_enabled{target=\"a\"}"
         ),
         Some(0.0)
     );
@@ -610,7 +613,10 @@ async fn a_bad_reload_changes_nothing_and_says_why() {
     assert_eq!(stats["config"]["reloads"], json!({ "ok": 1, "error": 5 }));
     let metrics = proxy.metrics().await;
     assert_eq!(
-        sample(&metrics, "mirror_config_reloads_total{result=\"error\"}"),
+        sample(
+            &metrics,
+            "mirror_proxy_config_reloads_total{result=\"error\"}"
+        ),
         Some(5.0)
     );
     assert!(proxy.stderr().contains("reload refused"));
@@ -673,7 +679,10 @@ async fn changes_need_the_admin_token() {
         sample(&metrics, "mirror_proxy_admin_unauthorized_total"),
         Some(refused as f64)
     );
-    assert_eq!(sample(&metrics, "mirror_enabled"), Some(1.0));
+    assert_eq!(
+        sample(&metrics, "mirror_proxy_mirroring_enabled"),
+        Some(1.0)
+    );
     let stderr = proxy.stderr();
     let logged = stderr.matches("admin request refused").count();
     assert!(

@@ -212,7 +212,7 @@ async fn a_rate_cap_drops_and_counts_the_rest() {
     let metrics = proxy.metrics().await;
     let dropped = sample(
         &metrics,
-        "mirror_dropped_total{target=\"capped\",reason=\"rate_limited\"}",
+        "mirror_proxy_mirror_dropped_total{target=\"capped\",reason=\"rate_limited\"}",
     );
     assert_eq!(dropped, Some(n("dropped_rate_limited") as f64), "{metrics}");
 }
@@ -292,7 +292,10 @@ rewrite_path = {{ from = "^/api/v1/", to = "/api/v2/" }}
     assert_eq!(target_named(&stats, "beta")["filtered"], 9, "{stats:#}");
     let metrics = proxy.metrics().await;
     assert_eq!(
-        sample(&metrics, "mirror_filtered_total{target=\"beta\"}"),
+        sample(
+            &metrics,
+            "mirror_proxy_mirror_filtered_total{target=\"beta\"}"
+        ),
         Some(9.0),
         "{metrics}"
     );

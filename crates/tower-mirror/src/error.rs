@@ -144,7 +144,7 @@ impl MirrorError {
 
     /// How long after the request went out the exchange failed or timed out; `None` when it
     /// never went out (a connect error, an invalid URI). mirror-proxy records it in
-    /// `mirror_latency_seconds{outcome="failed"|"timed_out"}`, so that a hanging target shows
+    /// `mirror_proxy_mirror_latency_seconds{outcome="failed"|"timed_out"}`, so that a hanging target shows
     /// in the latency quantiles.
     pub fn latency(&self) -> Option<Duration> {
         self.latency

@@ -69,7 +69,8 @@
 //! - Every exchange, including reading the response, ends within [`Options::timeout`].
 //!
 //! Every outcome is counted, per target by name: see [`MirrorLayer::stats`] and
-//! [`TargetStats`].
+//! [`TargetStats`]. To know what was decided for one request (for an access log), put a
+//! [`Decisions`] in its extensions.
 //!
 //! # Features
 //!
@@ -94,6 +95,7 @@ mod service;
 // The configuration as written, and as compiled; the cell that holds it.
 mod config;
 mod control;
+mod decisions;
 mod handle;
 mod plan;
 mod target;
@@ -153,6 +155,7 @@ pub use body::{MirrorBody, ResponseBody, TeeBody};
 pub use client::{HttpSender, SendFuture, Sender, ShadowBody};
 pub use config::{ErrorCallback, Mode, Options, SuccessCallback};
 pub use control::Changes;
+pub use decisions::{Decision, Decisions};
 pub use error::{BoxError, ConfigError, MirrorError};
 pub use future::ResponseFuture;
 pub use handle::{ControlError, MirrorHandle, TargetStatus};

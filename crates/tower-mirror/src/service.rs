@@ -13,6 +13,7 @@ use crate::admit::ineligible;
 use crate::body::{Reservation, ResponseBody, Tee, TeeBody, read_ahead};
 use crate::config::Mode;
 use crate::control::Control;
+use crate::decisions::{Decision, Decisions};
 use crate::dispatch::{PendingMirror, runtime};
 use crate::future::{Observed, ResponseFuture};
 use crate::head::RequestHead;
@@ -77,20 +78,32 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let control = &*self.control;
+        // Only a caller that asked for them (an access log) pays for the decisions.
+        let decisions = request.extensions().get::<Decisions>().cloned();
         if !control.enabled.load(Relaxed) {
             control.not_mirrored.count(Ineligible::Disabled);
+            if let Some(decisions) = &decisions {
+                decisions.ineligible(Ineligible::Disabled);
+            }
             return self.forward(request);
         }
         let plan = control.plan.load();
         let head = RequestHead::of(&request);
         if let Some(reason) = ineligible(&head, plan.loop_guard) {
             control.not_mirrored.count(reason);
+            if let Some(decisions) = &decisions {
+                decisions.ineligible(reason);
+            }
             return self.forward(request);
         }
         // No allocation unless a target takes the request.
         let mut chosen = Vec::new();
         for target in plan.targets.iter() {
-            if target.admission.admit(&target.state, &head) {
+            let admitted = target.admission.admit(&target.state, &head);
+            if let Some(decisions) = &decisions {
+                decisions.set(target.name(), admitted.err().unwrap_or(Decision::Chosen));
+            }
+            if admitted.is_ok() {
                 chosen.push(Arc::clone(target));
             }
         }
@@ -123,6 +136,7 @@ where
             RequestSnapshot::capture(&request),
             observations,
             join,
+            decisions,
         );
         let future = match plan.mode {
             Mode::Async => self.mirror_async(&plan, request, pending),

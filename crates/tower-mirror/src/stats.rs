@@ -14,6 +14,21 @@ pub(crate) enum SkipReason {
     PrimaryAborted,
 }
 
+impl SkipReason {
+    /// The snake_case name [`SkipStats::iter`] gives it.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::BodyTooLarge => "body_too_large",
+            Self::BodyError => "body_error",
+            Self::BodyUnread => "body_unread",
+            Self::BudgetExhausted => "budget_exhausted",
+            Self::BodyTimeout => "body_timeout",
+            Self::NoRuntime => "no_runtime",
+            Self::PrimaryAborted => "primary_aborted",
+        }
+    }
+}
+
 /// Why a request was not considered for mirroring at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Ineligible {
@@ -22,6 +37,19 @@ pub(crate) enum Ineligible {
     Connect,
     Upgrade,
     UnsupportedUri,
+}
+
+impl Ineligible {
+    /// The snake_case name [`NotMirroredStats::iter`] gives it.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Disabled => "disabled",
+            Self::AlreadyMirrored => "already_mirrored",
+            Self::Connect => "connect",
+            Self::Upgrade => "upgrade",
+            Self::UnsupportedUri => "unsupported_uri",
+        }
+    }
 }
 
 /// The live counters of one target.

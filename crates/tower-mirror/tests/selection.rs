@@ -943,3 +943,58 @@ fn duplicate_names_and_bad_selection_settings_are_configuration_errors() {
         }
     }
 }
+
+/// A `Decisions` in the request's extensions records each target's decision: sent,
+/// filtered, not sampled, paused, dropped by the rate cap; the kill switch is recorded as
+/// the request's `not_mirrored` reason.
+#[tokio::test]
+async fn decisions_record_what_each_target_did_with_one_request() {
+    use tower_mirror::{Decision, Decisions};
+    let shadow = Shadow::start().await;
+    let targets = vec![
+        Target::new(format!("{}/a", shadow.url)).with_name("sent"),
+        Target::new(format!("{}/f", shadow.url))
+            .with_name("filtered")
+            .path_prefix("/api"),
+        percentage(format!("{}/z", shadow.url), 0).with_name("zero"),
+        Target::new(format!("{}/p", shadow.url)).with_name("paused"),
+        Target::new(format!("{}/c", shadow.url))
+            .with_name("capped")
+            .rate_limit("1/h".parse().unwrap()),
+    ];
+    let layer = layer_of(targets);
+    let handle = layer.handle();
+    handle.pause("paused").unwrap();
+    let app = app(layer.clone());
+    let decided = |path: &'static str| {
+        let app = app.clone();
+        async move {
+            let decisions = Decisions::new();
+            let mut request = Request::get(path).body(axum::body::Body::empty()).unwrap();
+            request.extensions_mut().insert(decisions.clone());
+            let response = app.oneshot(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            decisions
+        }
+    };
+    let first = decided("/x").await;
+    assert_eq!(first.not_mirrored(), None);
+    let expect = |capped: Decision| {
+        vec![
+            ("sent".to_owned(), Decision::Sent),
+            ("filtered".to_owned(), Decision::Filtered),
+            ("zero".to_owned(), Decision::NotSampled),
+            ("paused".to_owned(), Decision::Paused),
+            ("capped".to_owned(), capped),
+        ]
+    };
+    assert_eq!(first.targets(), expect(Decision::Sent));
+    let second = decided("/y").await;
+    assert_eq!(second.targets(), expect(Decision::Dropped("rate_limited")));
+    assert_eq!(second.targets()[4].1.reason(), Some("rate_limited"));
+
+    handle.disable();
+    let off = decided("/z").await;
+    assert_eq!(off.not_mirrored(), Some("disabled"));
+    assert!(off.targets().is_empty());
+}

@@ -468,6 +468,8 @@ pub struct Proxy {
     pub admin: Option<SocketAddr>,
     stderr: Arc<Mutex<String>>,
     stderr_task: Option<JoinHandle<()>>,
+    /// Stdout after the `listening on` and `admin on` lines.
+    stdout: Arc<Mutex<String>>,
 }
 
 impl Proxy {
@@ -513,6 +515,7 @@ impl Proxy {
             admin: None,
             stderr,
             stderr_task: Some(stderr_task),
+            stdout: Arc::default(),
         };
         match next_addr(&mut stdout, "listening on ").await {
             Some(addr) => proxy.addr = addr,
@@ -528,8 +531,15 @@ impl Proxy {
                     .expect("an `admin on` line on stdout"),
             );
         }
-        // Nothing more is expected on stdout; keep the pipe drained regardless.
-        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+        // The rest of stdout (an access log on `-`) is kept, and the pipe drained.
+        let collected = Arc::clone(&proxy.stdout);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                let mut all = collected.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
         proxy
     }
 
@@ -598,6 +608,11 @@ impl Proxy {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Stdout so far, after the address lines.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// Stderr so far.

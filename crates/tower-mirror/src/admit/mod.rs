@@ -15,6 +15,7 @@ pub(crate) use filter::Filter;
 pub(crate) use limit::{Limits, RateLimiter, Refused};
 pub(crate) use sample::{Sampled, Sampler};
 
+use crate::decisions::Decision;
 use crate::head::RequestHead;
 use crate::stats::TargetCounters;
 
@@ -51,21 +52,26 @@ impl TargetState {
 
 impl Admission {
     /// Runs the steps for an eligible `request`, counting the outcome in `state`'s counters;
-    /// true when the target takes it. A paused target takes nothing (counted as `paused`).
+    /// `Ok` when the target takes it, else the step that refused it. A paused target takes
+    /// nothing (counted as `paused`).
     #[inline]
-    pub(crate) fn admit(&self, state: &TargetState, request: &RequestHead<'_>) -> bool {
+    pub(crate) fn admit(
+        &self,
+        state: &TargetState,
+        request: &RequestHead<'_>,
+    ) -> Result<(), Decision> {
         let counters = &state.counters;
         if state.paused.load(Relaxed) {
             counters.paused.fetch_add(1, Relaxed);
-            return false;
+            return Err(Decision::Paused);
         }
         if !self.filter.matches(request) {
             counters.filtered.fetch_add(1, Relaxed);
-            return false;
+            return Err(Decision::Filtered);
         }
         let percentage = u64::from(state.percentage.load(Relaxed));
         match self.sampler.decide(percentage, &state.position, request) {
-            Sampled::No => return false,
+            Sampled::No => return Err(Decision::NotSampled),
             Sampled::Yes => {}
             Sampled::WithoutKey => {
                 counters.sampled_without_key.fetch_add(1, Relaxed);
@@ -73,14 +79,14 @@ impl Admission {
         }
         counters.sampled.fetch_add(1, Relaxed);
         match self.limits.check(&counters.in_flight) {
-            Ok(()) => true,
+            Ok(()) => Ok(()),
             Err(Refused::Overload) => {
                 counters.dropped_overload.fetch_add(1, Relaxed);
-                false
+                Err(Decision::Dropped("overload"))
             }
             Err(Refused::RateLimited) => {
                 counters.dropped_rate_limited.fetch_add(1, Relaxed);
-                false
+                Err(Decision::Dropped("rate_limited"))
             }
         }
     }

@@ -14,6 +14,7 @@ use std::time::SystemTime;
 use crate::body::{BodySink, MirrorBody, Payload};
 use crate::client::Reservation;
 use crate::control::Tracker;
+use crate::decisions::{Decision, Decisions};
 use crate::observe::Observation;
 use crate::outbound::request::RequestSnapshot;
 use crate::plan::{Plan, TargetRuntime};
@@ -35,6 +36,8 @@ pub(crate) struct PendingMirror {
     observations: Vec<Arc<dyn Observation>>,
     /// Where records that keep the primary's response wait for it (one of `observations`).
     join: Option<Arc<ResponseJoin>>,
+    /// The caller's record of this request's decisions, if it asked for one.
+    decisions: Option<Decisions>,
     /// Sent or skipped: nothing left to count when dropped.
     settled: bool,
 }
@@ -47,6 +50,7 @@ impl PendingMirror {
         snapshot: RequestSnapshot,
         observations: Vec<Arc<dyn Observation>>,
         join: Option<Arc<ResponseJoin>>,
+        decisions: Option<Decisions>,
     ) -> Self {
         Self {
             plan,
@@ -55,7 +59,15 @@ impl PendingMirror {
             snapshot: Arc::new(snapshot),
             observations,
             join,
+            decisions,
             settled: false,
+        }
+    }
+
+    /// Records `decision` for `target` in the caller's record, if there is one.
+    fn decide(&self, target: &TargetRuntime, decision: Decision) {
+        if let Some(decisions) = &self.decisions {
+            decisions.set(target.name(), decision);
         }
     }
 
@@ -67,6 +79,9 @@ impl PendingMirror {
     fn count_skipped(&mut self, reason: SkipReason) {
         for target in &self.targets {
             target.state.counters.skip(reason);
+            if let Some(decisions) = &self.decisions {
+                decisions.skipped(target.name(), reason);
+            }
         }
         self.settled = true;
     }
@@ -100,6 +115,7 @@ impl PendingMirror {
                 counters
                     .dropped_overload
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.decide(target, Decision::Dropped("overload"));
                 continue;
             };
             // Only a mirror that can be written at once is sent: no queue behind a busy pool.
@@ -108,11 +124,13 @@ impl PendingMirror {
                 counters
                     .dropped_no_connection
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.decide(target, Decision::Dropped("no_connection"));
                 continue;
             };
             counters
                 .sent
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.decide(target, Decision::Sent);
             let outbound = match reservation {
                 Reservation::Send(outbound) => outbound,
                 Reservation::Sink(sink) => {
@@ -127,7 +145,11 @@ impl PendingMirror {
                     };
                     match &self.join {
                         Some(join) if target.spec.record.response => join.hold(sink, record),
-                        _ => crate::sink::deliver(&*sink, record),
+                        _ => {
+                            if !crate::sink::deliver(&*sink, record) {
+                                self.decide(target, Decision::Dropped("overload"));
+                            }
+                        }
                     }
                     continue;
                 }

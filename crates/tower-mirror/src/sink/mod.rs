@@ -59,12 +59,16 @@ pub(crate) trait Settle: Send {
     fn dropped(self: Box<Self>);
 }
 
-/// Hands `record` to `sink`, counting it as dropped if the sink's queue is full.
-pub(crate) fn deliver(sink: &dyn Sink, record: Record) {
+/// Hands `record` to `sink`, counting it as dropped if the sink's queue is full; false then.
+pub(crate) fn deliver(sink: &dyn Sink, record: Record) -> bool {
     // The queue is as long as `max_in_flight`, so this is rare: written off as any mirror
     // over the bound.
-    if let Err(record) = sink.record(record) {
-        record.settle.dropped();
+    match sink.record(record) {
+        Ok(()) => true,
+        Err(record) => {
+            record.settle.dropped();
+            false
+        }
     }
 }
 
@@ -107,7 +111,7 @@ impl ResponseJoin {
             Some(response) => {
                 record.response = Some(Arc::clone(response));
                 drop(state);
-                deliver(&*sink, record);
+                let _ = deliver(&*sink, record);
             }
             None => state.waiting.push((sink, record)),
         }
@@ -134,7 +138,7 @@ impl Observation for ResponseJoin {
         };
         for (sink, mut record) in waiting {
             record.response = Some(Arc::clone(&response));
-            deliver(&*sink, record);
+            let _ = deliver(&*sink, record);
         }
     }
 }
@@ -143,7 +147,7 @@ impl Drop for ResponseJoin {
     fn drop(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         for (sink, record) in state.waiting.drain(..) {
-            deliver(&*sink, record);
+            let _ = deliver(&*sink, record);
         }
     }
 }
