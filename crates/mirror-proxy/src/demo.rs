@@ -255,6 +255,9 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         admin: Some("127.0.0.1:0".parse()?),
         ..RunArgs::default()
     })?;
+    // Enough examples per field that a rare change (422 for an invalid order) is kept
+    // beside the frequent one (503 when overloaded).
+    config.mirror.diff.max_examples = 32;
     let [baseline_target, candidate_target] = [0, 1].map(|i| config.mirror.targets[i].clone());
     config.mirror.targets = vec![
         baseline_target.as_baseline(),
@@ -467,13 +470,27 @@ fn print_diff(diff: &tower_mirror::diff::Diff) {
             .filter(|f| f.differing > 0)
             .take(3)
             .map(|f| {
-                let example = f.examples.first().map_or(String::new(), |e| {
-                    format!(
-                        " ({} → {})",
+                // Each distinct change once (up to 3): a status may change in more than one
+                // way (201 → 503 when overloaded, 400 → 422 by design).
+                let mut changes: Vec<String> = Vec::new();
+                for e in &f.examples {
+                    let change = format!(
+                        "{} → {}",
                         terse(e.primary.as_deref()),
                         terse(e.shadow.as_deref())
-                    )
-                });
+                    );
+                    if !changes.contains(&change) && changes.len() < 3 {
+                        changes.push(change);
+                    }
+                    if f.part != tower_mirror::diff::Part::Status {
+                        break;
+                    }
+                }
+                let example = if changes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", changes.join(", "))
+                };
                 let field = if f.path.is_empty() {
                     f.part.as_str().to_owned()
                 } else {
