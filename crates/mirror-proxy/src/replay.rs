@@ -338,14 +338,22 @@ fn print_comparison(tally: &Tally, report: &tower_mirror::diff::DiffReport) {
     }
 }
 
-/// The records of one file, and how many lines were not records.
+/// The records of one file, and how many lines (or GoReplay messages) were not records. A
+/// name ending in `.gor` (or `.gor.gz`) is read as GoReplay's format ([`crate::gor`]).
 fn read(path: &Path) -> std::io::Result<(Vec<Recorded>, u64)> {
     let file = std::fs::File::open(path)?;
-    let reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
+    let name = path.to_string_lossy();
+    let gzip = name.ends_with(".gz");
+    let mut reader: Box<dyn BufRead> = if gzip {
         Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file)))
     } else {
         Box::new(BufReader::new(file))
     };
+    if name.trim_end_matches(".gz").ends_with(".gor") {
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut data)?;
+        return Ok(crate::gor::parse(&data));
+    }
     let mut records = Vec::new();
     let mut skipped = 0;
     for line in reader.lines() {

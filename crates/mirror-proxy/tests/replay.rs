@@ -268,3 +268,54 @@ async fn compare_says_when_records_hold_no_response() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goreplay_capture_is_replayed_and_compared_with_its_original_responses() {
+    let dir = TempDir::new();
+    let sep = "\n🐵🙈🙉\n";
+    let messages = [
+        "1 a1 1700000000000000000 0\nGET /users?id=7&q=a%20b HTTP/1.1\r\nHost: shop.example\r\nX-Twice: one\r\nX-Twice: two\r\n\r\n",
+        "2 a1 1700000000001000000 1500000\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nshadow",
+        "1 b2 1700000000002000000 0\nPOST /orders HTTP/1.1\r\nHost: shop.example\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        "2 b2 1700000000003000000 2000\nHTTP/1.1 202 Accepted\r\nContent-Length: 6\r\n\r\nshadow",
+    ];
+    let capture: String = messages.iter().map(|m| format!("{m}{sep}")).collect();
+    let gor = dir.file("requests_0.gor", &capture);
+    let target = Server::shadow().await;
+    let (status, stdout, stderr) = run_to_exit(&[
+        "replay",
+        gor.to_str().unwrap(),
+        "--to",
+        &target.url,
+        "--max",
+        "--concurrency",
+        "1",
+        "--compare",
+    ])
+    .await;
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("replayed 2 requests"), "{stdout}");
+    let received = target.wait_for(2).await;
+    assert_eq!(received[0].method, Method::GET);
+    assert_eq!(
+        received[0].uri.path_and_query().unwrap().as_str(),
+        "/users?id=7&q=a%20b"
+    );
+    assert_eq!(received[0].header_all("x-twice"), ["one", "two"]);
+    assert_eq!(received[1].method, Method::POST);
+    assert_eq!(
+        &received[1].body[..],
+        b"hello world",
+        "the chunked body, decoded"
+    );
+    // The test shadow answers 202 "shadow": the GET's original 200 differs, the POST's
+    // original 202 does not.
+    assert!(
+        stdout.contains("compared 2 responses with the recorded ones: 1 differed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("status -: 1 differ, e.g. /users?id=7&q=a%20b: 200 -> 202"),
+        "{stdout}"
+    );
+}
