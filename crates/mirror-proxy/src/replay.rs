@@ -153,6 +153,7 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
     let tally = Arc::new(Tally::default());
     let permits = Arc::new(Semaphore::new(args.concurrency));
     let started = Instant::now();
+    let progress = progress_bar(records.len() as u64 * u64::from(args.loops));
     let mut next_at = tokio::time::Instant::now();
     for _ in 0..args.loops {
         let first = records.first().map(|r| r.time);
@@ -188,8 +189,9 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
                     None
                 }
             });
+            let done = Done(progress.clone());
             tokio::spawn(async move {
-                let _permit = permit;
+                let (_permit, _done) = (permit, done);
                 tally.sent.fetch_add(1, Relaxed);
                 let sent = Instant::now();
                 match request {
@@ -238,6 +240,7 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
     }
     // Every permit back: every request answered or failed.
     let _ = permits.acquire_many(args.concurrency as u32).await;
+    progress.finish_and_clear();
     print_summary(&tally, started.elapsed(), skipped);
     if let Some(diff) = &diff {
         let report = diff.report();
@@ -250,6 +253,28 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// A bar on stderr while the replay runs, when stderr is a terminal (hidden otherwise, so
+/// that scripts and logs get only the summary): requests answered or failed of `total`, the
+/// rate, and the time left.
+fn progress_bar(total: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} {per_sec} (eta {eta})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// Moves the bar on when a request is done with, however it ended.
+struct Done(indicatif::ProgressBar);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.inc(1);
+    }
 }
 
 /// Bytes of a replayed response body kept for --compare: more than the diff compares
