@@ -28,7 +28,10 @@ pub enum ConfigError {
         /// The target's [name](crate::Target::name).
         target: String,
         /// The setting, as mirror-proxy's `[[mirror]]` key names it: `methods`, `paths`,
-        /// `exclude_paths`, `headers`, `path_regex`, `sample_by`, `rate`, `rewrite_path`.
+        /// `exclude_paths`, `headers`, `path_regex`, `sample_by`, `rate`, `rewrite_path`;
+        /// for a recording target also `url` (a path that cannot be written, a `kafka://`
+        /// URL that does not parse, a feature not built in), `kafka_max_batch`,
+        /// `kafka_timeout`.
         setting: &'static str,
         /// What is wrong with it.
         reason: String,

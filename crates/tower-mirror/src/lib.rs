@@ -77,6 +77,9 @@
 //! - `record`: recording targets, `file://` URLs written as NDJSON ([`RecordFile`]), and the
 //!   `record` module that reads them back (adds
 //!   `serde_json`, `base64`, `humantime`, `flate2`).
+//! - `kafka`: Kafka recording targets, `kafka://host:port/topic` URLs producing the same
+//!   records to a topic ([`KafkaTopic`]; adds `rskafka` with its gzip, LZ4, Snappy, Zstandard
+//!   and TLS support, and `serde_json`, `base64`, `humantime`).
 //!
 //! # Runtime
 //!
@@ -104,6 +107,7 @@ mod head;
 pub mod outbound;
 // Outcomes: counters, errors, responses, observers.
 mod error;
+mod kafka;
 pub mod observe;
 mod response;
 mod sink;
@@ -153,6 +157,7 @@ pub use error::{BoxError, ConfigError, MirrorError};
 pub use future::ResponseFuture;
 pub use handle::{ControlError, MirrorHandle, TargetStatus};
 pub use head::{ClientAddr, RequestHead};
+pub use kafka::{KafkaCompression, KafkaSasl, KafkaTopic, KafkaUrl, SaslMechanism};
 pub use layer::MirrorLayer;
 pub use outbound::X_MIRRORED_FROM;
 pub use response::MirrorResponse;

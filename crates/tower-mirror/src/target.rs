@@ -74,6 +74,7 @@ pub struct Target {
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) max_connections: usize,
     pub(crate) record: RecordFile,
+    pub(crate) kafka: crate::kafka::KafkaTopic,
     pub(crate) rewrite_path: Option<(String, String)>,
     pub(crate) trace_context: crate::outbound::TraceContext,
     /// Roles in comparisons (feature `diff`): plain data here, read by the diff observer.
@@ -114,6 +115,7 @@ impl Target {
             rate_limit: None,
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             record: RecordFile::default(),
+            kafka: crate::kafka::KafkaTopic::default(),
             rewrite_path: None,
             trace_context: crate::outbound::TraceContext::Child,
             compare: false,
@@ -254,12 +256,29 @@ impl Target {
         self
     }
 
-    /// Whether this is a recording target: its URL is `file://…` (any case), so its mirrors
-    /// are written down ([`RecordFile`]) instead of sent.
+    /// This Kafka recording target (a `kafka://host:port/topic` URL), producing as `kafka`
+    /// says. See [`KafkaTopic`](crate::KafkaTopic).
+    pub fn kafka(mut self, kafka: crate::kafka::KafkaTopic) -> Self {
+        self.kafka = kafka;
+        self
+    }
+
+    /// Whether this is a recording target: its URL is `file://…` or `kafka://…` (any case),
+    /// so its mirrors are written down ([`RecordFile`], [`KafkaTopic`](crate::KafkaTopic))
+    /// instead of sent.
     pub fn is_recording(&self) -> bool {
+        self.has_scheme("file://") || self.is_kafka()
+    }
+
+    /// Whether this is a Kafka recording target: its URL is `kafka://…` (any case).
+    pub fn is_kafka(&self) -> bool {
+        self.has_scheme("kafka://")
+    }
+
+    fn has_scheme(&self, scheme: &str) -> bool {
         self.url
-            .get(..7)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("file://"))
+            .get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
     }
 
     /// The connection limit of a target that sets none: 1,024, as Envoy's circuit breakers.

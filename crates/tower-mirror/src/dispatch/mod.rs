@@ -31,6 +31,9 @@ pub(crate) struct PendingMirror {
     plan: Arc<Plan>,
     tracker: Arc<Tracker>,
     targets: Vec<Arc<TargetRuntime>>,
+    /// The sampling key of `targets[i]` for its records, at `i` (shorter when the last
+    /// targets have none).
+    keys: Vec<Option<Vec<u8>>>,
     snapshot: Arc<RequestSnapshot>,
     observations: Vec<Arc<dyn Observation>>,
     /// Sent or skipped: nothing left to count when dropped.
@@ -42,6 +45,7 @@ impl PendingMirror {
         plan: Arc<Plan>,
         tracker: Arc<Tracker>,
         targets: Vec<Arc<TargetRuntime>>,
+        keys: Vec<Option<Vec<u8>>>,
         snapshot: RequestSnapshot,
         observations: Vec<Arc<dyn Observation>>,
     ) -> Self {
@@ -49,6 +53,7 @@ impl PendingMirror {
             plan,
             tracker,
             targets,
+            keys,
             snapshot: Arc::new(snapshot),
             observations,
             settled: false,
@@ -90,7 +95,7 @@ impl PendingMirror {
             return;
         };
         self.settled = true;
-        for target in &self.targets {
+        for (index, target) in self.targets.iter().enumerate() {
             let counters = &target.state.counters;
             let Some(slot) = InFlight::acquire(target, &self.tracker) else {
                 counters
@@ -117,6 +122,7 @@ impl PendingMirror {
                         id: crate::sink::next_id(),
                         snapshot: Arc::clone(&self.snapshot),
                         body: payload.clone(),
+                        key: self.keys.get_mut(index).and_then(Option::take),
                         settle: Box::new(slot),
                     };
                     // Its queue is as long as `max_in_flight`, so this is rare: written off as

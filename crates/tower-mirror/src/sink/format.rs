@@ -1,5 +1,6 @@
-//! The NDJSON record, version 1: one JSON object per line. `docs/record-format.md` is its
-//! reference; the field names and shapes here must stay in step with it.
+//! The record, version 1: one JSON object, written as one line of a file (NDJSON) or as one
+//! Kafka record's value. `docs/record-format.md` is its reference; the field names and
+//! shapes here must stay in step with it.
 
 use std::io::Write;
 
@@ -13,9 +14,9 @@ use super::{Record, process_nonce};
 /// The format version written in every record's `v`: the one `record` reads.
 const VERSION: u64 = crate::record::FORMAT_VERSION;
 
-/// Appends `record` as one line (with its `\n`) to `out`, keeping at most `max_body` bytes
-/// of its body.
-pub(super) fn write_line(out: &mut Vec<u8>, record: &Record, max_body: Option<usize>) {
+/// Appends `record` to `out` as one JSON object (no newline: a file adds it), keeping at most
+/// `max_body` bytes of its body. Every sink serialises records with this one function.
+pub(super) fn encode(out: &mut Vec<u8>, record: &Record, max_body: Option<usize>) {
     let snapshot = &record.snapshot;
     out.extend_from_slice(b"{\"v\":");
     out.extend_from_slice(VERSION.to_string().as_bytes());
@@ -25,7 +26,7 @@ pub(super) fn write_line(out: &mut Vec<u8>, record: &Record, max_body: Option<us
         &humantime::format_rfc3339_nanos(record.time).to_string(),
     );
     out.extend_from_slice(b",\"id\":\"");
-    let _ = write!(out, "{:016x}-{}", process_nonce(), record.id);
+    write_id(out, record);
     out.extend_from_slice(b"\",\"method\":");
     string(out, snapshot.method().as_str());
     out.extend_from_slice(b",\"uri\":");
@@ -41,7 +42,12 @@ pub(super) fn write_line(out: &mut Vec<u8>, record: &Record, max_body: Option<us
     }
     out.extend_from_slice(b"],\"body\":");
     body(out, record, max_body);
-    out.extend_from_slice(b"}\n");
+    out.push(b'}');
+}
+
+/// Appends the record's id as written in its `id` field: `{nonce:016x}-{counter}`.
+pub(super) fn write_id(out: &mut Vec<u8>, record: &Record) {
+    let _ = write!(out, "{:016x}-{}", process_nonce(), record.id);
 }
 
 fn version(version: Version) -> &'static str {
