@@ -4,12 +4,16 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use tower_mirror::outbound::BaseUrl;
-use tower_mirror::{Options, RateLimit, RecordFile, SampleKey, Target};
+use tower_mirror::{
+    KafkaCompression, KafkaSasl, KafkaTopic, Options, RateLimit, RecordFile, SampleKey,
+    SaslMechanism, Target,
+};
 
 use crate::units::{parse_duration, parse_size};
 
@@ -133,7 +137,10 @@ pub struct RunArgs {
     /// "10/m", "1000/h"), max_connections (default 1024), methods, paths and exclude_paths (prefixes on segment
     /// boundaries), path_regex, headers ({ name = "exact value" }), rewrite_path
     /// ({ from = REGEX, to = REPLACEMENT }), compare, baseline; for a recording target
-    /// (url = "file:///path/traffic.ndjson") rotate_size, rotate_after, keep_files, gzip; and a
+    /// (url = "file:///path/traffic.ndjson") rotate_size, rotate_after, keep_files, gzip; for a
+    /// Kafka recording target (url = "kafka://host:port/topic") kafka_linger, kafka_max_batch,
+    /// kafka_compression, kafka_timeout, kafka_reconnect, kafka_max_body, kafka_tls,
+    /// kafka_ca_file, kafka_sasl_mechanism, kafka_sasl_username, kafka_sasl_password; and a
     /// `[diff]` table.
     #[arg(long, value_name = "FILE", env = "MIRROR_PROXY_CONFIG")]
     pub config: Option<PathBuf>,
@@ -290,6 +297,30 @@ struct FileMirror {
     /// A recording target: gzip the rotated files.
     #[serde(default)]
     gzip: bool,
+    /// A Kafka target (`kafka://`): wait this long for more records before sending a batch
+    /// ("5ms").
+    kafka_linger: Option<String>,
+    /// A Kafka target: send a batch once it has this many bytes ("1MiB").
+    kafka_max_batch: Option<String>,
+    /// A Kafka target: none, gzip, lz4, snappy or zstd.
+    kafka_compression: Option<String>,
+    /// A Kafka target: give up on a connection or a batch after this long ("10s").
+    kafka_timeout: Option<String>,
+    /// A Kafka target: wait this long between connection attempts ("1s").
+    kafka_reconnect: Option<String>,
+    /// A Kafka target: keep at most this much of each body ("64KiB").
+    kafka_max_body: Option<String>,
+    /// A Kafka target: speak TLS to the brokers (Mozilla roots and `ca_file`'s).
+    #[serde(default)]
+    kafka_tls: bool,
+    /// A Kafka target: also trust these CA certificates (PEM); implies `kafka_tls`.
+    kafka_ca_file: Option<PathBuf>,
+    /// A Kafka target: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with the user and password).
+    kafka_sasl_mechanism: Option<String>,
+    /// A Kafka target: the SASL user name.
+    kafka_sasl_username: Option<String>,
+    /// A Kafka target: the SASL password.
+    kafka_sasl_password: Option<String>,
     /// Only these methods.
     #[serde(default)]
     methods: Vec<String>,
@@ -394,10 +425,30 @@ impl FileMirror {
             ("gzip", self.gzip),
         ];
         let set = recording.iter().find(|(_, set)| *set);
-        if let Some((key, _)) = set.filter(|_| !target.is_recording()) {
+        if let Some((key, _)) = set.filter(|_| !target.is_recording() || target.is_kafka()) {
             return Err(invalid(
                 key,
                 "only for a recording target (url = \"file:///…\")".to_owned(),
+            ));
+        }
+        let kafka = [
+            ("kafka_linger", self.kafka_linger.is_some()),
+            ("kafka_max_batch", self.kafka_max_batch.is_some()),
+            ("kafka_compression", self.kafka_compression.is_some()),
+            ("kafka_timeout", self.kafka_timeout.is_some()),
+            ("kafka_reconnect", self.kafka_reconnect.is_some()),
+            ("kafka_max_body", self.kafka_max_body.is_some()),
+            ("kafka_tls", self.kafka_tls),
+            ("kafka_ca_file", self.kafka_ca_file.is_some()),
+            ("kafka_sasl_mechanism", self.kafka_sasl_mechanism.is_some()),
+            ("kafka_sasl_username", self.kafka_sasl_username.is_some()),
+            ("kafka_sasl_password", self.kafka_sasl_password.is_some()),
+        ];
+        let set = kafka.iter().find(|(_, set)| *set);
+        if let Some((key, _)) = set.filter(|_| !target.is_kafka()) {
+            return Err(invalid(
+                key,
+                "only for a Kafka target (url = \"kafka://host:port/topic\")".to_owned(),
             ));
         }
         let mut record = RecordFile::default().gzip(self.gzip);
@@ -412,7 +463,60 @@ impl FileMirror {
         if let Some(keep) = self.keep_files {
             record = record.keep_files(keep);
         }
-        Ok(target.record_file(record))
+        let target = target.record_file(record);
+        if !target.is_kafka() {
+            return Ok(target);
+        }
+        let mut kafka = KafkaTopic::default();
+        let duration = |key: &str, text: &str| parse_duration(text).map_err(|e| invalid(key, e));
+        if let Some(linger) = &self.kafka_linger {
+            kafka = kafka.linger(duration("kafka_linger", linger)?);
+        }
+        if let Some(size) = &self.kafka_max_batch {
+            let bytes = parse_size(size).map_err(|e| invalid("kafka_max_batch", e))?;
+            kafka = kafka.max_batch_bytes(bytes);
+        }
+        if let Some(compression) = &self.kafka_compression {
+            let compression: KafkaCompression = compression
+                .parse()
+                .map_err(|e| invalid("kafka_compression", e))?;
+            kafka = kafka.compression(compression);
+        }
+        if let Some(timeout) = &self.kafka_timeout {
+            kafka = kafka.timeout(duration("kafka_timeout", timeout)?);
+        }
+        if let Some(wait) = &self.kafka_reconnect {
+            kafka = kafka.reconnect_after(duration("kafka_reconnect", wait)?);
+        }
+        if let Some(size) = &self.kafka_max_body {
+            let bytes = parse_size(size).map_err(|e| invalid("kafka_max_body", e))?;
+            kafka = kafka.max_body_bytes(bytes);
+        }
+        if self.kafka_tls || self.kafka_ca_file.is_some() {
+            let roots = roots_from(self.kafka_ca_file.as_deref())
+                .map_err(|e| invalid("kafka_ca_file", e))?;
+            kafka = kafka.tls(Arc::new(tower_mirror::client::tls::client_config(roots)));
+        }
+        match (
+            self.kafka_sasl_mechanism,
+            self.kafka_sasl_username,
+            self.kafka_sasl_password,
+        ) {
+            (None, None, None) => {}
+            (Some(mechanism), Some(username), Some(password)) => {
+                let mechanism: SaslMechanism = mechanism
+                    .parse()
+                    .map_err(|e| invalid("kafka_sasl_mechanism", e))?;
+                kafka = kafka.sasl(KafkaSasl::new(mechanism, username, password));
+            }
+            _ => {
+                return Err(invalid(
+                    "kafka_sasl_mechanism",
+                    "SASL needs kafka_sasl_mechanism, kafka_sasl_username and kafka_sasl_password together".to_owned(),
+                ));
+            }
+        }
+        Ok(target.kafka(kafka))
     }
 }
 
@@ -1026,6 +1130,11 @@ fn diff_options(file: FileDiff) -> tower_mirror::diff::DiffOptions {
 
 /// The Mozilla roots, plus those in `ca_file`.
 fn roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, ConfigError> {
+    roots_from(ca_file).map_err(|e| error(format!("--ca-file {e}")))
+}
+
+/// The Mozilla roots, plus those in `ca_file`; the error starts with its path.
+fn roots_from(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
 
@@ -1034,7 +1143,7 @@ fn roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, ConfigError> {
     let Some(path) = ca_file else {
         return Ok(roots);
     };
-    let invalid = |reason: String| error(format!("--ca-file {}: {reason}", path.display()));
+    let invalid = |reason: String| format!("{}: {reason}", path.display());
     let certificates = CertificateDer::pem_file_iter(path)
         .map_err(|e| invalid(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()

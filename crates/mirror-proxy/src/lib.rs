@@ -14,6 +14,8 @@ pub mod limits;
 pub mod normalize;
 pub mod reload;
 pub mod replay;
+#[cfg(feature = "kafka")]
+mod replay_kafka;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
