@@ -1461,6 +1461,10 @@ mod tests {
             ("gzip = true", "gzip"),
             ("keep_files = 3", "keep_files"),
             ("rotate_size = \"1MiB\"", "rotate_size"),
+            // Kafka settings on an HTTP target.
+            ("kafka_linger = \"5ms\"", "kafka_linger"),
+            ("kafka_tls = true", "kafka_tls"),
+            ("kafka_sasl_username = \"u\"", "kafka_sasl_username"),
         ];
         for (table, key) in cases {
             let text = err(table);
@@ -1473,6 +1477,66 @@ mod tests {
         let text = Config::merge(&args(&[]), file(twice)).unwrap_err().0;
         assert!(
             text.contains("\"http://a\"") && text.contains("twice"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn kafka_targets_take_their_keys_and_refuse_others() {
+        let merge = |table: &str| {
+            let text = format!(
+                "upstream = \"http://u\"\n[[mirror]]\nname = \"kafka\"\nurl = \"kafka://127.0.0.1:9/traffic\"\n{table}\n"
+            );
+            Config::merge(&args(&[]), file(&text))
+        };
+        let config = merge(
+            "kafka_linger = \"20ms\"\nkafka_max_batch = \"256KiB\"\nkafka_compression = \"zstd\"\n\
+             kafka_timeout = \"3s\"\nkafka_reconnect = \"250ms\"\nkafka_max_body = \"1KiB\"\n\
+             kafka_tls = true\nkafka_sasl_mechanism = \"SCRAM-SHA-256\"\n\
+             kafka_sasl_username = \"mirror\"\nkafka_sasl_password = \"secret\"",
+        )
+        .unwrap();
+        let kafka = config.mirror.targets[0].kafka_settings();
+        assert_eq!(kafka.linger, Duration::from_millis(20));
+        assert_eq!(kafka.max_batch_bytes, 256 << 10);
+        assert_eq!(kafka.compression, KafkaCompression::Zstd);
+        assert_eq!(kafka.timeout, Duration::from_secs(3));
+        assert_eq!(kafka.reconnect_after, Duration::from_millis(250));
+        assert_eq!(kafka.max_body_bytes, Some(1024));
+        assert!(kafka.tls.is_some());
+        assert_eq!(
+            kafka.sasl,
+            Some(KafkaSasl::scram_sha256("mirror", "secret"))
+        );
+        for (table, key) in [
+            ("kafka_compression = \"brotli\"", "kafka_compression"),
+            ("kafka_linger = \"soon\"", "kafka_linger"),
+            ("kafka_max_batch = \"0\"", "kafka_max_batch"),
+            ("kafka_timeout = \"0s\"", "kafka_timeout"),
+            (
+                "kafka_sasl_mechanism = \"GSSAPI\"\nkafka_sasl_username = \"u\"\nkafka_sasl_password = \"p\"",
+                "kafka_sasl_mechanism",
+            ),
+            ("kafka_sasl_username = \"u\"", "kafka_sasl_mechanism"),
+            ("kafka_ca_file = \"/no/such/ca.pem\"", "kafka_ca_file"),
+            // File settings on a Kafka target.
+            ("rotate_size = \"1MiB\"", "rotate_size"),
+            ("gzip = true", "gzip"),
+        ] {
+            let text = merge(table).unwrap_err().0;
+            assert!(
+                text.contains("\"kafka\"") && text.contains(key) && !text.contains('\n'),
+                "{table}: {text}"
+            );
+        }
+        let text = Config::merge(
+            &args(&[]),
+            file("upstream = \"http://u\"\n[[mirror]]\nurl = \"kafka://h:9092/a?b\"\n"),
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            text.contains("kafka://h:9092/a?b") && text.contains("topic"),
             "{text}"
         );
     }

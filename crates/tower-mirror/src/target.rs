@@ -263,6 +263,12 @@ impl Target {
         self
     }
 
+    /// How this target produces to Kafka, when it is a Kafka recording target: what
+    /// [`kafka`](Self::kafka) set, else the defaults.
+    pub fn kafka_settings(&self) -> &crate::kafka::KafkaTopic {
+        &self.kafka
+    }
+
     /// Whether this is a recording target: its URL is `file://…` or `kafka://…` (any case),
     /// so its mirrors are written down ([`RecordFile`], [`KafkaTopic`](crate::KafkaTopic))
     /// instead of sent.
