@@ -129,3 +129,62 @@ pub(crate) fn open(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{ConfigError, MirrorLayer, Options, Target};
+
+    fn layer(target: Target) -> Result<MirrorLayer, ConfigError> {
+        MirrorLayer::with_options(Options {
+            targets: vec![target],
+            ..Options::default()
+        })
+    }
+
+    /// A Kafka target connects lazily: no broker on the port does not stop the layer. Only
+    /// with the `kafka` feature; without it, the error names the feature.
+    #[test]
+    fn a_kafka_target_needs_its_feature_and_no_broker_at_start() {
+        let result = layer(Target::new("kafka://127.0.0.1:9/traffic").with_name("kafka"));
+        if cfg!(feature = "kafka") {
+            assert!(result.is_ok(), "{:?}", result.err());
+        } else {
+            let text = result.err().expect("refused").to_string();
+            assert!(
+                text.contains("\"kafka\"") && text.contains("`kafka` feature"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_kafka_url_or_setting_names_the_target_and_setting() {
+        if !cfg!(feature = "kafka") {
+            return;
+        }
+        for (target, setting) in [
+            (Target::new("kafka://127.0.0.1:9092"), "url"),
+            (Target::new("kafka://127.0.0.1:70000/t"), "url"),
+            (
+                Target::new("kafka://127.0.0.1:9/t")
+                    .kafka(crate::KafkaTopic::default().max_batch_bytes(0)),
+                "kafka_max_batch",
+            ),
+            (
+                Target::new("kafka://127.0.0.1:9/t")
+                    .kafka(crate::KafkaTopic::default().timeout(std::time::Duration::ZERO)),
+                "kafka_timeout",
+            ),
+        ] {
+            let url = target.url.clone();
+            match layer(target.with_name("k")) {
+                Err(ConfigError::InvalidSetting {
+                    target, setting: s, ..
+                }) => {
+                    assert_eq!((target.as_str(), s), ("k", setting), "{url}");
+                }
+                other => panic!("{url}: {:?}", other.err()),
+            }
+        }
+    }
+}
