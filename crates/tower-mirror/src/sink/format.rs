@@ -12,7 +12,7 @@ use http::{HeaderValue, Version};
 use super::{Record, process_nonce};
 
 /// The format version written in every record's `v`: the one `record` reads.
-const VERSION: u64 = crate::record::FORMAT_VERSION;
+const VERSION: u64 = super::FORMAT_VERSION;
 
 /// Appends `record` to `out` as one JSON object (no newline: a file adds it), keeping at most
 /// `max_body` bytes of its body. Every sink serialises records with this one function.

@@ -22,6 +22,10 @@ use crate::error::ConfigError;
 use crate::outbound::request::RequestSnapshot;
 use crate::target::Target;
 
+/// The record format version the sinks write (and `record::FORMAT_VERSION` reads).
+#[cfg_attr(not(any(feature = "record", feature = "kafka")), allow(dead_code))]
+pub(crate) const FORMAT_VERSION: u64 = 1;
+
 /// Where a recording target's records go.
 pub(crate) trait Sink: Send + Sync {
     /// Queues `record` for writing; gives it back if the queue is full. Never waits.
@@ -149,7 +153,10 @@ mod tests {
         if cfg!(feature = "kafka") {
             assert!(result.is_ok(), "{:?}", result.err());
         } else {
-            let text = result.err().expect("refused").to_string();
+            let Err(error) = result else {
+                panic!("a kafka:// target without the feature is refused")
+            };
+            let text = error.to_string();
             assert!(
                 text.contains("\"kafka\"") && text.contains("`kafka` feature"),
                 "{text}"
