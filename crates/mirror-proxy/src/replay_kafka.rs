@@ -3,7 +3,9 @@
 //!
 //! Each partition read is read from its start (the earliest offset, `--from-offset`, or the
 //! first offset at `--from-time`) up to the high watermark it had when the replay started, so
-//! a replay ends even while the topic is still written to. Records of several partitions are
+//! a replay ends even while the topic is still written to. With `--from-time`, records
+//! captured before the time are also left out by their own `time`, so a broker whose time
+//! index answers coarsely (or not at all) still gives the right records. Records of several partitions are
 //! merged in capture order. rskafka speaks no consumer-group protocol, so replayers share a
 //! topic by partitions: `--partitions 0,2`, or `--member I/N` for the partitions whose number
 //! modulo N is I. Nothing is committed to the broker.
@@ -46,6 +48,8 @@ pub(crate) struct KafkaSource {
     url: String,
     kafka: KafkaUrl,
     start: Start,
+    /// `--from-time`: records captured before it are left out.
+    from_time: Option<SystemTime>,
     share: Share,
 }
 
@@ -53,6 +57,7 @@ impl KafkaSource {
     /// Checks the URL and the Kafka flags; the error is for the user.
     pub(crate) fn new(url: &str, args: &ReplayArgs) -> Result<Self, String> {
         let kafka = KafkaUrl::parse(url)?;
+        let mut from_time = None;
         let start = match (args.from_offset, &args.from_time) {
             (Some(offset), _) if offset < 0 => {
                 return Err(format!("--from-offset {offset}: an offset is 0 or more"));
@@ -61,6 +66,7 @@ impl KafkaSource {
             (None, Some(time)) => {
                 let bad = || format!("--from-time {time:?}: not an RFC 3339 time");
                 let time = humantime::parse_rfc3339_weak(time).map_err(|_| bad())?;
+                from_time = Some(time);
                 let millis = time
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_err(|_| bad())?
@@ -95,6 +101,7 @@ impl KafkaSource {
             url: url.to_owned(),
             kafka,
             start,
+            from_time,
             share,
         })
     }
@@ -176,12 +183,14 @@ impl KafkaSource {
         client: &PartitionClient,
         records: &mut Vec<Recorded>,
     ) -> Result<u64, String> {
-        let end = client
-            .get_offset(OffsetAt::Latest)
-            .await
-            .map_err(|e| e.to_string())?;
         let earliest = client
             .get_offset(OffsetAt::Earliest)
+            .await
+            .map_err(|e| e.to_string())?;
+        // The end is the high watermark a fetch reports (not ListOffsets' latest, which some
+        // Kafka-compatible brokers answer with the last batch's start).
+        let (_, end) = client
+            .fetch_records(earliest, 1..FETCH_BYTES, 0)
             .await
             .map_err(|e| e.to_string())?;
         let mut offset = match self.start {
@@ -193,9 +202,10 @@ impl KafkaSource {
                     .await
                     .map_err(|e| e.to_string())?;
                 // -1: no record at or after the time.
-                if at < 0 { end } else { at }
+                if at < 0 { end } else { at.max(earliest) }
             }
-        };
+        }
+        .min(end);
         let mut skipped = 0;
         while offset < end {
             let (batch, _) = client
@@ -217,6 +227,9 @@ impl KafkaSource {
                     .and_then(|value| std::str::from_utf8(value).ok())
                     .map(Recorded::parse);
                 match parsed {
+                    // The broker's time index only finds where to start: records captured
+                    // before the time are left out here, whatever it answered.
+                    Some(Ok(record)) if self.from_time.is_some_and(|from| record.time < from) => {}
                     Some(Ok(record)) => records.push(record),
                     _ => skipped += 1,
                 }

@@ -179,8 +179,10 @@ impl Tansu {
                 .partition_client(topic, partition, UnknownTopicHandling::Error)
                 .await
                 .unwrap();
-            let end = reader.get_offset(OffsetAt::Latest).await.unwrap();
             let mut offset = reader.get_offset(OffsetAt::Earliest).await.unwrap();
+            // The high watermark as a fetch reports it: tansu answers ListOffsets' latest
+            // with the last batch's first offset.
+            let (_, end) = reader.fetch_records(offset, 1..(4 << 20), 0).await.unwrap();
             while offset < end {
                 let (records, _) = reader
                     .fetch_records(offset, 1..(4 << 20), 100)
@@ -392,7 +394,7 @@ async fn a_broker_that_hangs_and_dies_is_counted_never_blocks_and_is_recorded_to
     // The broker hangs (stopped): records cannot be written, and every primary request is
     // answered all the same, while nothing is written.
     broker.signal("-STOP");
-    let during = load(&proxy, "during-", 0, 400, 8).await;
+    let during = load(&proxy, "during-", 0, 400, 4).await;
     let stats = proxy.stats().await;
     assert_eq!(
         counter(&stats, "responded"),
@@ -545,15 +547,22 @@ async fn a_replay_from_the_topic_is_byte_exact_and_replayers_share_its_partition
     let table = format!("url = \"{}\"\n", broker.url("traffic"));
     let proxy = proxy(&dir, &upstream, &table, &[]).await;
     let client = client();
-    for original in originals() {
+    // The time between the first request's capture and the second's.
+    let mut between = None;
+    for (n, original) in originals().into_iter().enumerate() {
         let (parts, body) = original.into_parts();
         let mut request = Request::from_parts(parts, body);
         *request.uri_mut() = proxy.url(&request.uri().to_string()).parse().unwrap();
         assert_eq!(send(&client, request).await.status(), StatusCode::OK);
+        proxy
+            .wait_stats("the record written", |s| {
+                counter(s, "responded") == n as u64 + 1
+            })
+            .await;
+        between.get_or_insert_with(|| {
+            humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
+        });
     }
-    proxy
-        .wait_stats("three records written", |s| counter(s, "responded") == 3)
-        .await;
     let url = broker.url("traffic");
 
     // The whole topic, in capture order.
@@ -601,6 +610,35 @@ async fn a_replay_from_the_topic_is_byte_exact_and_replayers_share_its_partition
     let mut all: Vec<String> = originals().iter().map(|r| r.uri().to_string()).collect();
     all.sort();
     assert_eq!(shared, all);
+
+    // From a time: only the records captured since.
+    let target = Server::shadow().await;
+    let between = between.unwrap();
+    let (status, stdout, stderr) = run_to_exit(&[
+        "replay",
+        &url,
+        "--to",
+        &target.url,
+        "--max",
+        "--concurrency",
+        "1",
+        "--from-time",
+        &between,
+    ])
+    .await;
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("replayed 2 requests"),
+        "{between}: {stdout}"
+    );
+    let received = target.wait_for(2).await;
+    for ((received, original), body) in received
+        .iter()
+        .zip(&originals()[1..])
+        .zip(&original_bodies()[1..])
+    {
+        assert_replayed(received, original, body);
+    }
 
     // From an offset past the end of every partition: nothing, and the replay still ends.
     let target = Server::shadow().await;
