@@ -385,11 +385,19 @@ async fn a_broker_that_hangs_and_dies_is_counted_never_blocks_and_is_recorded_to
     );
     let proxy = proxy(&dir, &upstream, &table, &["--max-in-flight", "32"]).await;
 
-    // Recording works.
+    // Recording works. (While the producer connects, mirrors over max_in_flight may be
+    // dropped: what counts is that every one is accounted for.)
     let before = load(&proxy, "before-", 0, 50, 4).await;
-    proxy
-        .wait_stats("50 records written", |s| counter(s, "responded") == 50)
+    let stats = proxy
+        .wait_stats("the first records settled", |s| {
+            settled(s) && counter(s, "responded") + counter(s, "failed") == counter(s, "sent")
+        })
         .await;
+    let written = counter(&stats, "responded");
+    let lost = counter(&stats, "dropped_overload");
+    assert!(written > 0, "{stats:#}");
+    assert_eq!(counter(&stats, "failed"), 0, "{stats:#}");
+    assert_eq!(written + lost, 50, "{stats:#}");
 
     // The broker hangs (stopped): records cannot be written, and every primary request is
     // answered all the same, while nothing is written.
@@ -398,12 +406,13 @@ async fn a_broker_that_hangs_and_dies_is_counted_never_blocks_and_is_recorded_to
     let stats = proxy.stats().await;
     assert_eq!(
         counter(&stats, "responded"),
-        50,
+        written,
         "nothing is written while the broker hangs: {stats:#}"
     );
+    // Mirrors over max_in_flight are dropped, never waited for.
     assert!(
-        counter(&stats, "dropped_overload") > 0,
-        "the full queue drops: {stats:#}"
+        counter(&stats, "dropped_overload") > lost,
+        "a hung broker fills max_in_flight, and the rest is dropped: {stats:#}"
     );
 
     // It dies (still stopped, so it answers nothing more): what was in flight fails, and is
@@ -412,10 +421,9 @@ async fn a_broker_that_hangs_and_dies_is_counted_never_blocks_and_is_recorded_to
     let stats = proxy
         .wait_stats("every mirror settled after the broker died", settled)
         .await;
-    let written = counter(&stats, "responded");
-    assert_eq!(written, 50, "{stats:#}");
+    assert_eq!(counter(&stats, "responded"), written, "{stats:#}");
     assert_eq!(
-        counter(&stats, "failed") + counter(&stats, "dropped_overload"),
+        counter(&stats, "failed") + counter(&stats, "dropped_overload") - lost,
         400,
         "every mirror during the outage failed or was dropped: {stats:#}"
     );
@@ -423,7 +431,7 @@ async fn a_broker_that_hangs_and_dies_is_counted_never_blocks_and_is_recorded_to
     load(&proxy, "down-", 0, 20, 1).await;
     proxy
         .wait_stats("the mirrors while down counted", |s| {
-            settled(s) && counter(s, "failed") + counter(s, "dropped_overload") == 420
+            settled(s) && counter(s, "failed") + counter(s, "dropped_overload") - lost == 420
         })
         .await;
 
@@ -439,31 +447,46 @@ async fn a_broker_that_hangs_and_dies_is_counted_never_blocks_and_is_recorded_to
         load(&proxy, "probe-", probes, 1, 1).await;
         probes += 1;
         let stats = proxy.wait_stats("the probe settled", settled).await;
-        if counter(&stats, "responded") > 50 {
+        if counter(&stats, "responded") > written {
             break;
         }
     }
-    let resumed_at = counter(&proxy.stats().await, "responded");
-    let after = load(&proxy, "after-", 0, 100, 4).await;
+    let resumed = proxy.stats().await;
+    let after = load(&proxy, "after-", 0, 100, 2).await;
     let stats = proxy
-        .wait_stats("the records after the restart written", |s| {
-            settled(s) && counter(s, "responded") == resumed_at + 100
+        .wait_stats("the records after the restart settled", |s| {
+            settled(s) && counter(s, "responded") + counter(s, "failed") == counter(s, "sent")
         })
         .await;
+    let grew = |name: &str| counter(&stats, name) - counter(&resumed, name);
     assert_eq!(
-        counter(&stats, "sent"),
-        counter(&stats, "responded") + counter(&stats, "failed")
+        grew("failed"),
+        0,
+        "none fails once the broker is back: {stats:#}"
+    );
+    assert!(grew("responded") > 0, "{stats:#}");
+    assert_eq!(
+        grew("responded") + grew("dropped_overload"),
+        100,
+        "{stats:#}"
     );
 
     let records = broker.consume("traffic").await;
     let seen = by_request(&records);
+    let mut after_in_topic = 0;
     for i in 0..100 {
         let copies = seen.get(&format!("after-{i}")).map_or(0, Vec::len);
-        assert_eq!(copies, 1, "after-{i} is in the topic {copies} times");
+        assert!(copies <= 1, "after-{i} is in the topic {copies} times");
+        after_in_topic += copies as u64;
     }
     assert_eq!(
+        after_in_topic,
+        grew("responded"),
+        "every record written is in the topic"
+    );
+    assert_eq!(
         records.len() as u64,
-        counter(&stats, "responded") - 50,
+        counter(&stats, "responded") - written,
         "the new broker has every record written since it started, once"
     );
     for (tag, copies) in &seen {
