@@ -441,7 +441,7 @@ async fn a_broker_that_hangs_and_dies_is_counted_never_blocks_and_is_recorded_to
     let mut probes = 0;
     loop {
         assert!(
-            probes < 200,
+            probes < 1000,
             "recording did not resume after {probes} probes"
         );
         load(&proxy, "probe-", probes, 1, 1).await;
