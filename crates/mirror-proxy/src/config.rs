@@ -1482,6 +1482,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "kafka")]
     fn kafka_targets_take_their_keys_and_refuse_others() {
         let merge = |table: &str| {
             let text = format!(
