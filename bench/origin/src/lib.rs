@@ -395,10 +395,10 @@ mod tests {
             );
             received.extend_from_slice(&buffer[..read]);
             let text = String::from_utf8_lossy(&received).into_owned();
-            if let Some(end) = text.find("\r\n\r\n") {
-                if text.len() >= end + 4 + ANSWER.len() {
-                    return text;
-                }
+            if let Some(end) = text.find("\r\n\r\n")
+                && text.len() >= end + 4 + ANSWER.len()
+            {
+                return text;
             }
         }
     }

@@ -106,11 +106,10 @@ fn write_lines(lines: Receiver<Message>, mut out: std::io::BufWriter<Box<dyn Wri
         if let Err(error) = out
             .write_all(line.as_bytes())
             .and_then(|()| out.write_all(b"\n"))
+            && !failed
         {
-            if !failed {
-                tracing::warn!(%error, "access log: write failed; later failures are not logged");
-                failed = true;
-            }
+            tracing::warn!(%error, "access log: write failed; later failures are not logged");
+            failed = true;
         }
     };
     while let Ok(message) = lines.recv() {

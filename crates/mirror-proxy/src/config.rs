@@ -4,12 +4,16 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use tower_mirror::outbound::BaseUrl;
-use tower_mirror::{Options, RateLimit, RecordFile, Redact, SampleKey, Target};
+use tower_mirror::{
+    KafkaCompression, KafkaSasl, KafkaTopic, Options, RateLimit, RecordFile, Redact, SampleKey,
+    SaslMechanism, Target,
+};
 
 use crate::units::{parse_duration, parse_size};
 
@@ -44,9 +48,10 @@ pub enum Command {
     /// Start a primary app and two shadow apps on loopback, put the proxy in front, drive a
     /// burst of traffic and show what each target got. No setup needed.
     Demo(DemoArgs),
-    /// Send a recording (the NDJSON a file:// mirror target writes) to a URL, paced as
-    /// recorded, at a fixed rate or as fast as it answers, and summarise what came back.
-    Replay(crate::replay::ReplayArgs),
+    /// Send a recording (the NDJSON a file:// or kafka:// mirror target writes, or a GoReplay
+    /// .gor capture) to a URL, paced as recorded, at a fixed rate or as fast as it answers,
+    /// and summarise what came back.
+    Replay(Box<crate::replay::ReplayArgs>),
 }
 
 /// Flags of `mirror-proxy demo`.
@@ -152,7 +157,10 @@ pub struct RunArgs {
     /// ({ from = REGEX, to = REPLACEMENT }), compare, baseline, redact_headers, redact_query,
     /// redact_fields (under the top-level redact_key_file's key); for a recording target
     /// (url = "file:///path/traffic.ndjson") rotate_size, rotate_after, keep_files, gzip,
-    /// record_response, max_response_body; and a
+    /// record_response, max_response_body; for a
+    /// Kafka recording target (url = "kafka://host:port/topic") kafka_linger, kafka_max_batch,
+    /// kafka_compression, kafka_timeout, kafka_reconnect, kafka_max_body, kafka_tls,
+    /// kafka_ca_file, kafka_sasl_mechanism, kafka_sasl_username, kafka_sasl_password; and a
     /// `[diff]` table.
     #[arg(long, value_name = "FILE", env = "MIRROR_PROXY_CONFIG")]
     pub config: Option<PathBuf>,
@@ -401,6 +409,30 @@ struct FileMirror {
     /// Replace these JSON body fields (pointer patterns, `*` = any segment) by a keyed hash.
     #[serde(default)]
     redact_fields: Vec<String>,
+    /// A Kafka target (`kafka://`): wait this long for more records before sending a batch
+    /// ("5ms").
+    kafka_linger: Option<String>,
+    /// A Kafka target: send a batch once it has this many bytes ("1MiB").
+    kafka_max_batch: Option<String>,
+    /// A Kafka target: none, gzip, lz4, snappy or zstd.
+    kafka_compression: Option<String>,
+    /// A Kafka target: give up on a connection or a batch after this long ("10s").
+    kafka_timeout: Option<String>,
+    /// A Kafka target: wait this long between connection attempts ("1s").
+    kafka_reconnect: Option<String>,
+    /// A Kafka target: keep at most this much of each body ("64KiB").
+    kafka_max_body: Option<String>,
+    /// A Kafka target: speak TLS to the brokers (Mozilla roots and `ca_file`'s).
+    #[serde(default)]
+    kafka_tls: bool,
+    /// A Kafka target: also trust these CA certificates (PEM); implies `kafka_tls`.
+    kafka_ca_file: Option<PathBuf>,
+    /// A Kafka target: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with the user and password).
+    kafka_sasl_mechanism: Option<String>,
+    /// A Kafka target: the SASL user name.
+    kafka_sasl_username: Option<String>,
+    /// A Kafka target: the SASL password.
+    kafka_sasl_password: Option<String>,
     /// Only these methods.
     #[serde(default)]
     methods: Vec<String>,
@@ -525,10 +557,30 @@ impl FileMirror {
             ("max_response_body", self.max_response_body.is_some()),
         ];
         let set = recording.iter().find(|(_, set)| *set);
-        if let Some((key, _)) = set.filter(|_| !target.is_recording()) {
+        if let Some((key, _)) = set.filter(|_| !target.is_recording() || target.is_kafka()) {
             return Err(invalid(
                 key,
                 "only for a recording target (url = \"file:///…\")".to_owned(),
+            ));
+        }
+        let kafka = [
+            ("kafka_linger", self.kafka_linger.is_some()),
+            ("kafka_max_batch", self.kafka_max_batch.is_some()),
+            ("kafka_compression", self.kafka_compression.is_some()),
+            ("kafka_timeout", self.kafka_timeout.is_some()),
+            ("kafka_reconnect", self.kafka_reconnect.is_some()),
+            ("kafka_max_body", self.kafka_max_body.is_some()),
+            ("kafka_tls", self.kafka_tls),
+            ("kafka_ca_file", self.kafka_ca_file.is_some()),
+            ("kafka_sasl_mechanism", self.kafka_sasl_mechanism.is_some()),
+            ("kafka_sasl_username", self.kafka_sasl_username.is_some()),
+            ("kafka_sasl_password", self.kafka_sasl_password.is_some()),
+        ];
+        let set = kafka.iter().find(|(_, set)| *set);
+        if let Some((key, _)) = set.filter(|_| !target.is_kafka()) {
+            return Err(invalid(
+                key,
+                "only for a Kafka target (url = \"kafka://host:port/topic\")".to_owned(),
             ));
         }
         let mut record = RecordFile::default()
@@ -549,7 +601,60 @@ impl FileMirror {
         if let Some(keep) = self.keep_files {
             record = record.keep_files(keep);
         }
-        Ok(target.record_file(record))
+        let target = target.record_file(record);
+        if !target.is_kafka() {
+            return Ok(target);
+        }
+        let mut kafka = KafkaTopic::default();
+        let duration = |key: &str, text: &str| parse_duration(text).map_err(|e| invalid(key, e));
+        if let Some(linger) = &self.kafka_linger {
+            kafka = kafka.linger(duration("kafka_linger", linger)?);
+        }
+        if let Some(size) = &self.kafka_max_batch {
+            let bytes = parse_size(size).map_err(|e| invalid("kafka_max_batch", e))?;
+            kafka = kafka.max_batch_bytes(bytes);
+        }
+        if let Some(compression) = &self.kafka_compression {
+            let compression: KafkaCompression = compression
+                .parse()
+                .map_err(|e| invalid("kafka_compression", e))?;
+            kafka = kafka.compression(compression);
+        }
+        if let Some(timeout) = &self.kafka_timeout {
+            kafka = kafka.timeout(duration("kafka_timeout", timeout)?);
+        }
+        if let Some(wait) = &self.kafka_reconnect {
+            kafka = kafka.reconnect_after(duration("kafka_reconnect", wait)?);
+        }
+        if let Some(size) = &self.kafka_max_body {
+            let bytes = parse_size(size).map_err(|e| invalid("kafka_max_body", e))?;
+            kafka = kafka.max_body_bytes(bytes);
+        }
+        if self.kafka_tls || self.kafka_ca_file.is_some() {
+            let roots = roots_from(self.kafka_ca_file.as_deref())
+                .map_err(|e| invalid("kafka_ca_file", e))?;
+            kafka = kafka.tls(Arc::new(tower_mirror::client::tls::client_config(roots)));
+        }
+        match (
+            self.kafka_sasl_mechanism,
+            self.kafka_sasl_username,
+            self.kafka_sasl_password,
+        ) {
+            (None, None, None) => {}
+            (Some(mechanism), Some(username), Some(password)) => {
+                let mechanism: SaslMechanism = mechanism
+                    .parse()
+                    .map_err(|e| invalid("kafka_sasl_mechanism", e))?;
+                kafka = kafka.sasl(KafkaSasl::new(mechanism, username, password));
+            }
+            _ => {
+                return Err(invalid(
+                    "kafka_sasl_mechanism",
+                    "SASL needs kafka_sasl_mechanism, kafka_sasl_username and kafka_sasl_password together".to_owned(),
+                ));
+            }
+        }
+        Ok(target.kafka(kafka))
     }
 }
 
@@ -1010,14 +1115,15 @@ impl Config {
                 self.mirror.max_body, self.mirror.max_buffered
             )));
         }
-        if let Some(admin) = self.admin {
-            if !admin.ip().is_loopback() && self.admin_token.is_none() {
-                return Err(error(format!(
-                    "--admin {admin}: not a loopback address, and no --admin-token-file: anyone \
+        if let Some(admin) = self.admin
+            && !admin.ip().is_loopback()
+            && self.admin_token.is_none()
+        {
+            return Err(error(format!(
+                "--admin {admin}: not a loopback address, and no --admin-token-file: anyone \
                      who reaches it could stop mirroring or reload the configuration; bind it \
                      to loopback or give a token file"
-                )));
-            }
+            )));
         }
         if self.upstream_is_self() {
             return Err(error(format!(
@@ -1288,6 +1394,11 @@ fn diff_options(file: FileDiff) -> tower_mirror::diff::DiffOptions {
 
 /// The Mozilla roots, plus those in `ca_file`.
 fn roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, ConfigError> {
+    roots_from(ca_file).map_err(|e| error(format!("--ca-file {e}")))
+}
+
+/// The Mozilla roots, plus those in `ca_file`; the error starts with its path.
+fn roots_from(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
 
@@ -1296,7 +1407,7 @@ fn roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, ConfigError> {
     let Some(path) = ca_file else {
         return Ok(roots);
     };
-    let invalid = |reason: String| error(format!("--ca-file {}: {reason}", path.display()));
+    let invalid = |reason: String| format!("{}: {reason}", path.display());
     let certificates = CertificateDer::pem_file_iter(path)
         .map_err(|e| invalid(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
@@ -1653,6 +1764,10 @@ mod tests {
             ("record_response = true", "record_response"),
             ("redact_fields = [\"user/email\"]", "redact_fields"),
             ("redact_headers = [\"bad name\"]", "redact_headers"),
+            // Kafka settings on an HTTP target.
+            ("kafka_linger = \"5ms\"", "kafka_linger"),
+            ("kafka_tls = true", "kafka_tls"),
+            ("kafka_sasl_username = \"u\"", "kafka_sasl_username"),
         ];
         for (table, key) in cases {
             let text = err(table);
@@ -1671,6 +1786,67 @@ mod tests {
         let text = Config::merge(&args(&[]), file(twice)).unwrap_err().0;
         assert!(
             text.contains("\"http://a\"") && text.contains("twice"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    #[cfg(feature = "kafka")]
+    fn kafka_targets_take_their_keys_and_refuse_others() {
+        let merge = |table: &str| {
+            let text = format!(
+                "upstream = \"http://u\"\n[[mirror]]\nname = \"kafka\"\nurl = \"kafka://127.0.0.1:9/traffic\"\n{table}\n"
+            );
+            Config::merge(&args(&[]), file(&text))
+        };
+        let config = merge(
+            "kafka_linger = \"20ms\"\nkafka_max_batch = \"256KiB\"\nkafka_compression = \"zstd\"\n\
+             kafka_timeout = \"3s\"\nkafka_reconnect = \"250ms\"\nkafka_max_body = \"1KiB\"\n\
+             kafka_tls = true\nkafka_sasl_mechanism = \"SCRAM-SHA-256\"\n\
+             kafka_sasl_username = \"mirror\"\nkafka_sasl_password = \"secret\"",
+        )
+        .unwrap();
+        let kafka = config.mirror.targets[0].kafka_settings();
+        assert_eq!(kafka.linger, Duration::from_millis(20));
+        assert_eq!(kafka.max_batch_bytes, 256 << 10);
+        assert_eq!(kafka.compression, KafkaCompression::Zstd);
+        assert_eq!(kafka.timeout, Duration::from_secs(3));
+        assert_eq!(kafka.reconnect_after, Duration::from_millis(250));
+        assert_eq!(kafka.max_body_bytes, Some(1024));
+        assert!(kafka.tls.is_some());
+        assert_eq!(
+            kafka.sasl,
+            Some(KafkaSasl::scram_sha256("mirror", "secret"))
+        );
+        for (table, key) in [
+            ("kafka_compression = \"brotli\"", "kafka_compression"),
+            ("kafka_linger = \"soon\"", "kafka_linger"),
+            ("kafka_max_batch = \"0\"", "kafka_max_batch"),
+            ("kafka_timeout = \"0s\"", "kafka_timeout"),
+            (
+                "kafka_sasl_mechanism = \"GSSAPI\"\nkafka_sasl_username = \"u\"\nkafka_sasl_password = \"p\"",
+                "kafka_sasl_mechanism",
+            ),
+            ("kafka_sasl_username = \"u\"", "kafka_sasl_mechanism"),
+            ("kafka_ca_file = \"/no/such/ca.pem\"", "kafka_ca_file"),
+            // File settings on a Kafka target.
+            ("rotate_size = \"1MiB\"", "rotate_size"),
+            ("gzip = true", "gzip"),
+        ] {
+            let text = merge(table).unwrap_err().0;
+            assert!(
+                text.contains("\"kafka\"") && text.contains(key) && !text.contains('\n'),
+                "{table}: {text}"
+            );
+        }
+        let text = Config::merge(
+            &args(&[]),
+            file("upstream = \"http://u\"\n[[mirror]]\nurl = \"kafka://h:9092/a?b\"\n"),
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            text.contains("kafka://h:9092/a?b") && text.contains("topic"),
             "{text}"
         );
     }

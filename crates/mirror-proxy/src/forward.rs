@@ -256,14 +256,14 @@ where
     };
     shared.telemetry.record_upstream_latency(started.elapsed());
 
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            let telemetry = Arc::clone(&shared.telemetry);
-            tokio::spawn(splice(client_upgrade, upstream_upgrade, guard, telemetry));
-            // The 101 keeps its Connection and Upgrade headers: they are the answer.
-            return response.map(|_| Either::Right(Full::default()));
-        }
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let telemetry = Arc::clone(&shared.telemetry);
+        tokio::spawn(splice(client_upgrade, upstream_upgrade, guard, telemetry));
+        // The 101 keeps its Connection and Upgrade headers: they are the answer.
+        return response.map(|_| Either::Right(Full::default()));
     }
     hop::remove_hop_by_hop(response.headers_mut());
     response.map(Either::Left)
@@ -489,10 +489,10 @@ impl<B> Drop for UpstreamBody<B> {
     fn drop(&mut self) {
         // Dropped unfinished (the upstream answered early, or its connection closed): whatever
         // is left of the exchange is the upstream's.
-        if let Some(progress) = self.progress.take() {
-            if progress.upstream_since().is_none() {
-                progress.wait_on_upstream();
-            }
+        if let Some(progress) = self.progress.take()
+            && progress.upstream_since().is_none()
+        {
+            progress.wait_on_upstream();
         }
     }
 }
@@ -515,10 +515,10 @@ fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
                 return true;
             }
             // `io::Error::source` skips the error it wraps: look at that one too.
-            if let Some(inner) = io.get_ref() {
-                if is_timeout(inner) {
-                    return true;
-                }
+            if let Some(inner) = io.get_ref()
+                && is_timeout(inner)
+            {
+                return true;
             }
         }
         let text = error.to_string().to_ascii_lowercase();

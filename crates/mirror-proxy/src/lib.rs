@@ -18,6 +18,8 @@ pub mod normalize;
 pub mod otel;
 pub mod reload;
 pub mod replay;
+#[cfg(feature = "kafka")]
+mod replay_kafka;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

@@ -91,10 +91,10 @@ impl Activity {
             let idle_deadline = last + idle;
             let send_deadline = (blocked != 0).then(|| self.at(blocked) + send);
             let now = Instant::now();
-            if let Some(deadline) = send_deadline {
-                if now >= deadline {
-                    return Rejection::SendTimeout;
-                }
+            if let Some(deadline) = send_deadline
+                && now >= deadline
+            {
+                return Rejection::SendTimeout;
             }
             if now >= idle_deadline {
                 return Rejection::IdleTimeout;

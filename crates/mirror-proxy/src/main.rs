@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Demo(args)) => runtime.block_on(mirror_proxy::demo::run(args)),
-        Some(Command::Replay(args)) => runtime.block_on(mirror_proxy::replay::run(args)),
+        Some(Command::Replay(args)) => runtime.block_on(mirror_proxy::replay::run(*args)),
         None => runtime.block_on(run(cli)),
     }
 }

@@ -1,6 +1,6 @@
 //! `mirror-proxy replay`: sends a recording (the NDJSON a `file://` target writes, plain or
-//! gzip) to a URL, paced as recorded, at a fixed rate or as fast as it can, and prints what
-//! came back.
+//! gzip, or the topic a `kafka://` target produces to) to a URL, paced as recorded, at a
+//! fixed rate or as fast as it can, and prints what came back.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -25,9 +25,31 @@ use crate::telemetry::LatencyHistogram;
 /// Flags of `mirror-proxy replay`.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// Recording files, in order (`.gz` files are read through gzip).
+    /// Recording files, in order (`.gz` files are read through gzip), or Kafka topics
+    /// (`kafka://host:port/topic`: every record up to the end the topic had when the replay
+    /// started).
     #[arg(value_name = "SOURCE", required = true)]
     pub sources: Vec<PathBuf>,
+    /// Kafka sources: start at this offset in each partition read [default: the earliest].
+    #[arg(long, value_name = "N", conflicts_with = "from_time")]
+    pub from_offset: Option<i64>,
+    /// Kafka sources: start at the first record at or after this time (RFC 3339, such as
+    /// 2026-11-30T01:00:00Z), in each partition read.
+    #[arg(long, value_name = "TIME")]
+    pub from_time: Option<String>,
+    /// Kafka sources: read only these partitions ("0,2"), so that several replayers can
+    /// share a topic.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        conflicts_with = "member"
+    )]
+    pub partitions: Vec<i32>,
+    /// Kafka sources: read only the partitions of member I of N replayers ("0/3": those
+    /// whose number modulo N is I), so that N replayers share a topic.
+    #[arg(long, value_name = "I/N")]
+    pub member: Option<String>,
     /// Where to send the requests: http:// or https:// URL, optionally with a path prefix.
     #[arg(long, value_name = "URL")]
     pub to: String,
@@ -138,12 +160,15 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
     let mut records = Vec::new();
     let mut skipped = 0u64;
     for source in &args.sources {
-        match read(source) {
-            Ok((mut read, bad_lines)) => {
-                records.append(&mut read);
-                skipped += bad_lines;
-            }
-            Err(error) => return bad(format!("{}: {error}", source.display())),
+        match Source::of(source, &args) {
+            Ok(source) => match source.read().await {
+                Ok((mut read, bad_lines)) => {
+                    records.append(&mut read);
+                    skipped += bad_lines;
+                }
+                Err(error) => return bad(format!("{}: {error}", source.name())),
+            },
+            Err(error) => return bad(error),
         }
     }
     let https = tower_mirror::client::tls::connector(tower_mirror::client::tls::client_config(
@@ -359,6 +384,65 @@ fn print_comparison(tally: &Tally, report: &tower_mirror::diff::DiffReport) {
                 },
                 field.differing
             );
+        }
+    }
+}
+
+/// Where recorded requests come from: a file, or (feature `kafka`) a topic.
+enum Source<'a> {
+    File(&'a Path),
+    #[cfg(feature = "kafka")]
+    Kafka(crate::replay_kafka::KafkaSource),
+}
+
+impl<'a> Source<'a> {
+    /// The source `path` names, with the flags that apply to it; the error is for the user.
+    fn of(path: &'a Path, args: &ReplayArgs) -> Result<Self, String> {
+        let kafka = path.to_str().filter(|p| {
+            p.get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("kafka://"))
+        });
+        let Some(url) = kafka else {
+            let flags = [
+                ("--from-offset", args.from_offset.is_some()),
+                ("--from-time", args.from_time.is_some()),
+                ("--partitions", !args.partitions.is_empty()),
+                ("--member", args.member.is_some()),
+            ];
+            if let Some((flag, _)) = flags.iter().find(|(_, set)| *set) {
+                return Err(format!(
+                    "{flag} is for kafka:// sources, and {} is a file",
+                    path.display()
+                ));
+            }
+            return Ok(Self::File(path));
+        };
+        #[cfg(feature = "kafka")]
+        {
+            crate::replay_kafka::KafkaSource::new(url, args).map(Self::Kafka)
+        }
+        #[cfg(not(feature = "kafka"))]
+        {
+            Err(format!(
+                "{url}: this mirror-proxy was built without its `kafka` feature"
+            ))
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Self::File(path) => path.display().to_string(),
+            #[cfg(feature = "kafka")]
+            Self::Kafka(source) => source.url().to_owned(),
+        }
+    }
+
+    /// Its records, in order, and how many entries were not records.
+    async fn read(&self) -> Result<(Vec<Recorded>, u64), String> {
+        match self {
+            Self::File(path) => read(path).map_err(|e| e.to_string()),
+            #[cfg(feature = "kafka")]
+            Self::Kafka(source) => source.read().await,
         }
     }
 }

@@ -576,11 +576,10 @@ async fn serve_connection<IO, S, ResBody>(
     let settings = &edge.settings;
     tokio::select! {
         result = connection.as_mut() => {
-            if let Err(error) = result {
-                if let Some(reason) = classify(&*error) {
+            if let Err(error) = result
+                && let Some(reason) = classify(&*error) {
                     edge.telemetry.record_rejected(reason, &error);
                 }
-            }
         }
         reason = activity.expired(settings.idle_timeout, settings.send_timeout) => {
             // Dropping the connection closes it, and with it any upstream exchange it holds.

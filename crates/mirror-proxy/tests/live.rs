@@ -179,8 +179,8 @@ async fn reloads_under_load_lose_no_request_and_keep_the_counts() {
             "upstream = \"{}\"\ntimeout = \"{}\"\nmax_in_flight = {}\n\
              [[mirror]]\nname = \"steady\"\nurl = \"{}\"\npercentage = {}\n",
             upstreams[i % 2].url,
-            if i % 3 == 0 { "5s" } else { "4s" },
-            if i % 2 == 0 { 256 } else { 128 },
+            if i.is_multiple_of(3) { "5s" } else { "4s" },
+            if i.is_multiple_of(2) { 256 } else { 128 },
             steady_shadow.url,
             percentages[i % 4],
         );

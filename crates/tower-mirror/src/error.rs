@@ -29,7 +29,9 @@ pub enum ConfigError {
         target: String,
         /// The setting, as mirror-proxy's `[[mirror]]` key names it: `methods`, `paths`,
         /// `exclude_paths`, `headers`, `path_regex`, `sample_by`, `rate`, `rewrite_path`,
-        /// `redact_headers`, `redact_fields`, `redact`.
+        /// `redact_headers`, `redact_fields`, `redact`; for a recording target also `url` (a
+        /// path that cannot be written, a `kafka://` URL that does not parse, a feature not
+        /// built in), `kafka_max_batch`, `kafka_timeout`.
         setting: &'static str,
         /// What is wrong with it.
         reason: String,
@@ -186,10 +188,10 @@ impl MirrorError {
 fn is_connect_error(error: &(dyn StdError + 'static)) -> bool {
     let mut current = Some(error);
     while let Some(err) = current {
-        if let Some(client_err) = err.downcast_ref::<hyper_util::client::legacy::Error>() {
-            if client_err.is_connect() {
-                return true;
-            }
+        if let Some(client_err) = err.downcast_ref::<hyper_util::client::legacy::Error>()
+            && client_err.is_connect()
+        {
+            return true;
         }
         // The pool's connection closed before the request was written, and none other could
         // take it: it never went out.

@@ -80,6 +80,9 @@
 //!   `serde_json`, `base64`, `humantime`, `flate2`).
 //! - `redact`: [`Target::redact`] applies ([`Redact`]): values replaced by HMAC-SHA-256
 //!   placeholders (adds `hmac`, `sha2`, `serde_json`).
+//! - `kafka`: Kafka recording targets, `kafka://host:port/topic` URLs producing the same
+//!   records to a topic ([`KafkaTopic`]; adds `rskafka` with its gzip, LZ4, Snappy, Zstandard
+//!   and TLS support, and `serde_json`, `base64`, `humantime`).
 //!
 //! # Runtime
 //!
@@ -108,6 +111,7 @@ mod head;
 pub mod outbound;
 // Outcomes: counters, errors, responses, observers.
 mod error;
+mod kafka;
 pub mod observe;
 mod pointer;
 mod redact;
@@ -160,6 +164,7 @@ pub use error::{BoxError, ConfigError, MirrorError};
 pub use future::ResponseFuture;
 pub use handle::{ControlError, MirrorHandle, TargetStatus};
 pub use head::{ClientAddr, RequestHead};
+pub use kafka::{KafkaCompression, KafkaSasl, KafkaTopic, KafkaUrl, SaslMechanism};
 pub use layer::MirrorLayer;
 pub use outbound::X_MIRRORED_FROM;
 pub use redact::Redact;

@@ -60,6 +60,15 @@ impl TargetRuntime {
     pub(crate) fn name(&self) -> &str {
         self.spec.name()
     }
+
+    /// The sampling key's value in `request`, for a recording target whose sink keys its
+    /// records by it (Kafka); `None` for every other target, at no cost.
+    pub(crate) fn record_key(&self, request: &crate::head::RequestHead<'_>) -> Option<Vec<u8>> {
+        match &self.client {
+            Transport::Sink(sink) if sink.wants_key() => self.admission.sampler.key_value(request),
+            _ => None,
+        }
+    }
 }
 
 impl Plan {

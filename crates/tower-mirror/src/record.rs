@@ -23,7 +23,7 @@ use http::{Method, StatusCode, Uri, Version};
 use serde_json::Value;
 
 /// The format version this crate writes and reads (`"v"` in every record).
-pub const FORMAT_VERSION: u64 = 1;
+pub const FORMAT_VERSION: u64 = crate::sink::FORMAT_VERSION;
 
 /// One recorded request.
 #[derive(Clone, Debug)]

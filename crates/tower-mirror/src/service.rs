@@ -98,12 +98,19 @@ where
         }
         // No allocation unless a target takes the request.
         let mut chosen = Vec::new();
+        // The sampling keys of the chosen targets that key their records by it (Kafka), by
+        // position in `chosen`; empty (no allocation) when there are none.
+        let mut keys = Vec::new();
         for target in plan.targets.iter() {
             let admitted = target.admission.admit(&target.state, &head);
             if let Some(decisions) = &decisions {
                 decisions.set(target.name(), admitted.err().unwrap_or(Decision::Chosen));
             }
             if admitted.is_ok() {
+                if let Some(key) = target.record_key(&head) {
+                    keys.resize(chosen.len(), None);
+                    keys.push(Some(key));
+                }
                 chosen.push(Arc::clone(target));
             }
         }
@@ -133,6 +140,7 @@ where
             Arc::clone(&plan),
             Arc::clone(&control.tracker),
             chosen,
+            keys,
             RequestSnapshot::capture(&request),
             observations,
             join,

@@ -75,6 +75,7 @@ pub struct Target {
     pub(crate) max_connections: usize,
     pub(crate) record: RecordFile,
     pub(crate) redact: Option<crate::redact::Redact>,
+    pub(crate) kafka: crate::kafka::KafkaTopic,
     pub(crate) rewrite_path: Option<(String, String)>,
     pub(crate) trace_context: crate::outbound::TraceContext,
     /// Roles in comparisons (feature `diff`): plain data here, read by the diff observer.
@@ -116,6 +117,7 @@ impl Target {
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             record: RecordFile::default(),
             redact: None,
+            kafka: crate::kafka::KafkaTopic::default(),
             rewrite_path: None,
             trace_context: crate::outbound::TraceContext::Child,
             compare: false,
@@ -265,12 +267,35 @@ impl Target {
         self
     }
 
-    /// Whether this is a recording target: its URL is `file://…` (any case), so its mirrors
-    /// are written down ([`RecordFile`]) instead of sent.
+    /// This Kafka recording target (a `kafka://host:port/topic` URL), producing as `kafka`
+    /// says. See [`KafkaTopic`](crate::KafkaTopic).
+    pub fn kafka(mut self, kafka: crate::kafka::KafkaTopic) -> Self {
+        self.kafka = kafka;
+        self
+    }
+
+    /// How this target produces to Kafka, when it is a Kafka recording target: what
+    /// [`kafka`](Self::kafka) set, else the defaults.
+    pub fn kafka_settings(&self) -> &crate::kafka::KafkaTopic {
+        &self.kafka
+    }
+
+    /// Whether this is a recording target: its URL is `file://…` or `kafka://…` (any case),
+    /// so its mirrors are written down ([`RecordFile`], [`KafkaTopic`](crate::KafkaTopic))
+    /// instead of sent.
     pub fn is_recording(&self) -> bool {
+        self.has_scheme("file://") || self.is_kafka()
+    }
+
+    /// Whether this is a Kafka recording target: its URL is `kafka://…` (any case).
+    pub fn is_kafka(&self) -> bool {
+        self.has_scheme("kafka://")
+    }
+
+    fn has_scheme(&self, scheme: &str) -> bool {
         self.url
-            .get(..7)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("file://"))
+            .get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
     }
 
     /// The connection limit of a target that sets none: 1,024, as Envoy's circuit breakers.
@@ -586,6 +611,12 @@ pub struct RecordFile {
     pub max_response_body_bytes: usize,
 }
 
+impl RecordFile {
+    /// The default of [`max_response_body_bytes`](Self::max_response_body_bytes): 256 KiB,
+    /// as the diff's body cap.
+    pub const DEFAULT_MAX_RESPONSE_BODY_BYTES: usize = 256 << 10;
+}
+
 impl Default for RecordFile {
     fn default() -> Self {
         Self {
@@ -595,7 +626,7 @@ impl Default for RecordFile {
             gzip: false,
             max_body_bytes: None,
             response: false,
-            max_response_body_bytes: 256 << 10,
+            max_response_body_bytes: Self::DEFAULT_MAX_RESPONSE_BODY_BYTES,
         }
     }
 }

@@ -378,10 +378,9 @@ fn rustls_error_in(error: &(dyn StdError + 'static)) -> Option<rustls::Error> {
         if let Some(inner) = err
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
+            && let Some(tls) = rustls_error_in(inner)
         {
-            if let Some(tls) = rustls_error_in(inner) {
-                return Some(tls);
-            }
+            return Some(tls);
         }
         current = err.source();
     }

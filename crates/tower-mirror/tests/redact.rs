@@ -194,7 +194,7 @@ async fn records_are_redacted_request_and_response_alike() {
             .unwrap()
             .parse()
             .unwrap();
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             assert_eq!(answer["user"]["email"], body["user"]["email"]);
         }
     }

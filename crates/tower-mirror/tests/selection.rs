@@ -442,8 +442,8 @@ async fn requests_without_the_key_fall_back_to_the_counter_and_are_counted() {
 
     // No header every third request, an empty one every seventh (also no key), else a key.
     let key_of = |n: usize| match n {
-        _ if n % 3 == 0 => None,
-        _ if n % 7 == 0 => Some(String::new()),
+        _ if n.is_multiple_of(3) => None,
+        _ if n.is_multiple_of(7) => Some(String::new()),
         _ => Some(format!("user-{n}")),
     };
     const COUNT: usize = 90;
@@ -792,7 +792,7 @@ async fn a_custom_key_decides_by_its_bytes_and_falls_back_without_one() {
     // tenant (an empty key: no key) every tenth.
     const COUNT: usize = 200;
     let path_of = |n: usize| match n {
-        _ if n % 4 == 0 => "/health".to_owned(),
+        _ if n.is_multiple_of(4) => "/health".to_owned(),
         _ if n % 10 == 5 => "/tenants//orders".to_owned(),
         _ => format!("/tenants/acme-{}/orders", n % 50),
     };

@@ -69,6 +69,13 @@ impl Sampler {
         Ok(Self { key: Some(key) })
     }
 
+    /// The key's value in `request` (not empty), when this samples by a key and the request
+    /// has it: what a Kafka recording keys its record by.
+    pub(crate) fn key_value(&self, request: &RequestHead<'_>) -> Option<Vec<u8>> {
+        let value = self.key.as_ref()?.value(request)?;
+        (!value.is_empty()).then(|| value.into_owned())
+    }
+
     /// Decides for `request` at `percentage`, the counter being at `position`.
     #[inline]
     pub(crate) fn decide(

@@ -83,10 +83,8 @@ where
                 }
                 None => true,
             };
-            if finished {
-                if let Some(tap) = this.tap.take() {
-                    tap.end();
-                }
+            if finished && let Some(tap) = this.tap.take() {
+                tap.end();
             }
         }
         Poll::Ready(polled)

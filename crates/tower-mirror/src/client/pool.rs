@@ -905,13 +905,12 @@ pub(crate) type Sending =
 /// HTTP/2 takes both from the absolute URI (`:authority`).
 fn to_origin_form(request: &mut Request<MirrorBody>) {
     let uri = request.uri().clone();
-    if !request.headers().contains_key(header::HOST) {
-        if let Some(host) = uri
+    if !request.headers().contains_key(header::HOST)
+        && let Some(host) = uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            request.headers_mut().insert(header::HOST, host);
-        }
+    {
+        request.headers_mut().insert(header::HOST, host);
     }
     let path = uri
         .path_and_query()

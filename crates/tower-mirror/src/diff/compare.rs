@@ -105,14 +105,15 @@ fn is_json(headers: &HeaderMap, body: &Bytes) -> bool {
 }
 
 fn compare_bodies(primary: &Captured, shadow: &Captured, rules: &Rules, out: &mut Vec<Difference>) {
-    if is_json(&primary.headers, &primary.body) && is_json(&shadow.headers, &shadow.body) {
-        if let (Ok(a), Ok(b)) = (
+    if is_json(&primary.headers, &primary.body)
+        && is_json(&shadow.headers, &shadow.body)
+        && let (Ok(a), Ok(b)) = (
             serde_json::from_slice::<serde_json::Value>(&primary.body),
             serde_json::from_slice::<serde_json::Value>(&shadow.body),
-        ) {
-            json::compare(&a, &b, &rules.ignore_fields, out);
-            return;
-        }
+        )
+    {
+        json::compare(&a, &b, &rules.ignore_fields, out);
+        return;
     }
     if primary.body == shadow.body || rules.ignore_fields.iter().any(|p| *p == Pattern::whole()) {
         return;

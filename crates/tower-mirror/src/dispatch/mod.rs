@@ -32,6 +32,9 @@ pub(crate) struct PendingMirror {
     plan: Arc<Plan>,
     tracker: Arc<Tracker>,
     targets: Vec<Arc<TargetRuntime>>,
+    /// The sampling key of `targets[i]` for its records, at `i` (shorter when the last
+    /// targets have none).
+    keys: Vec<Option<Vec<u8>>>,
     snapshot: Arc<RequestSnapshot>,
     observations: Vec<Arc<dyn Observation>>,
     /// Where records that keep the primary's response wait for it (one of `observations`).
@@ -43,10 +46,13 @@ pub(crate) struct PendingMirror {
 }
 
 impl PendingMirror {
+    // One request's parts, each needed to dispatch it; called from one place.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         plan: Arc<Plan>,
         tracker: Arc<Tracker>,
         targets: Vec<Arc<TargetRuntime>>,
+        keys: Vec<Option<Vec<u8>>>,
         snapshot: RequestSnapshot,
         observations: Vec<Arc<dyn Observation>>,
         join: Option<Arc<ResponseJoin>>,
@@ -56,6 +62,7 @@ impl PendingMirror {
             plan,
             tracker,
             targets,
+            keys,
             snapshot: Arc::new(snapshot),
             observations,
             join,
@@ -109,7 +116,7 @@ impl PendingMirror {
             return;
         };
         self.settled = true;
-        for target in &self.targets {
+        for (index, target) in self.targets.iter().enumerate() {
             let counters = &target.state.counters;
             let Some(slot) = InFlight::acquire(target, &self.tracker) else {
                 counters
@@ -141,6 +148,7 @@ impl PendingMirror {
                         body: payload.clone(),
                         response: None,
                         redact: target.spec.redact.clone(),
+                        key: self.keys.get_mut(index).and_then(Option::take),
                         settle: Box::new(slot),
                     };
                     match &self.join {

@@ -79,12 +79,13 @@ impl BaseUrl {
             .as_str()
             .get(authority.host().len()..)
             .unwrap_or("");
-        if let Some(port) = after_host.strip_prefix(':') {
-            if !port.is_empty() && port.parse::<u16>().is_err() {
-                return Err(invalid(&format!(
-                    "port {port} is not a TCP port (0 to 65535)"
-                )));
-            }
+        if let Some(port) = after_host.strip_prefix(':')
+            && !port.is_empty()
+            && port.parse::<u16>().is_err()
+        {
+            return Err(invalid(&format!(
+                "port {port} is not a TCP port (0 to 65535)"
+            )));
         }
         let prefix = uri.path().trim_end_matches('/').to_owned();
         Ok(Self {

@@ -130,7 +130,13 @@ impl Writer {
                 line.push(b'\n');
             }
             for record in &batch {
-                format::write_line(&mut line, record, &self.settings);
+                format::encode(
+                    &mut line,
+                    record,
+                    self.settings.max_body_bytes,
+                    self.settings.max_response_body_bytes,
+                );
+                line.push(b'\n');
             }
             let written = self.file.write_all(&line).is_ok();
             self.dirty = !written;

@@ -1,5 +1,6 @@
-//! The NDJSON record, version 1: one JSON object per line. `docs/record-format.md` is its
-//! reference; the field names and shapes here must stay in step with it.
+//! The record, version 1: one JSON object, written as one line of a file (NDJSON) or as one
+//! Kafka record's value. `docs/record-format.md` is its reference; the field names and
+//! shapes here must stay in step with it.
 
 use std::io::Write;
 
@@ -10,13 +11,19 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Version};
 
 use super::{Record, process_nonce};
-use crate::target::RecordFile;
 
 /// The format version written in every record's `v`: the one `record` reads.
-const VERSION: u64 = crate::record::FORMAT_VERSION;
+const VERSION: u64 = super::FORMAT_VERSION;
 
-/// Appends `record` as one line (with its `\n`) to `out`, its bodies cut as `settings` say.
-pub(super) fn write_line(out: &mut Vec<u8>, record: &Record, settings: &RecordFile) {
+/// Appends `record` to `out` as one JSON object (no newline: a file adds it), keeping at most
+/// `max_body` bytes of its request body and `max_response_body` of its response's. Every
+/// sink serialises records with this one function.
+pub(super) fn encode(
+    out: &mut Vec<u8>,
+    record: &Record,
+    max_body: Option<usize>,
+    max_response_body: usize,
+) {
     let snapshot = &record.snapshot;
     out.extend_from_slice(b"{\"v\":");
     out.extend_from_slice(VERSION.to_string().as_bytes());
@@ -26,7 +33,7 @@ pub(super) fn write_line(out: &mut Vec<u8>, record: &Record, settings: &RecordFi
         &humantime::format_rfc3339_nanos(record.time).to_string(),
     );
     out.extend_from_slice(b",\"id\":\"");
-    let _ = write!(out, "{:016x}-{}", process_nonce(), record.id);
+    write_id(out, record);
     let redact = record.redact.as_ref();
     out.extend_from_slice(b"\",\"method\":");
     string(out, snapshot.method().as_str());
@@ -55,9 +62,9 @@ pub(super) fn write_line(out: &mut Vec<u8>, record: &Record, settings: &RecordFi
     match redacted {
         Some(redacted) => {
             let length = redacted.len() as u64;
-            body(out, &[redacted], length, settings.max_body_bytes);
+            body(out, &[redacted], length, max_body);
         }
-        None => body(out, chunks, length, settings.max_body_bytes),
+        None => body(out, chunks, length, max_body),
     }
     if let Some(response) = &record.response {
         let _ = write!(
@@ -73,7 +80,7 @@ pub(super) fn write_line(out: &mut Vec<u8>, record: &Record, settings: &RecordFi
         headers(out, &response_headers);
         out.extend_from_slice(b",\"body\":");
         // The tap kept at most the largest limit of the request's observers: cut to ours.
-        let max = Some(settings.max_response_body_bytes);
+        let max = Some(max_response_body);
         let complete = response.complete;
         match redact {
             // Only a whole JSON document can be searched for the fields to redact: a body
@@ -92,7 +99,12 @@ pub(super) fn write_line(out: &mut Vec<u8>, record: &Record, settings: &RecordFi
         }
         out.push(b'}');
     }
-    out.extend_from_slice(b"}\n");
+    out.push(b'}');
+}
+
+/// Appends the record's id as written in its `id` field: `{nonce:016x}-{counter}`.
+pub(super) fn write_id(out: &mut Vec<u8>, record: &Record) {
+    let _ = write!(out, "{:016x}-{}", process_nonce(), record.id);
 }
 
 /// `[["name","value"],…]`, in the map's order.
