@@ -156,21 +156,20 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
         (_, Some(rate), _) => Pacing::Every(rate.per() / rate.count()),
         (_, None, speed) => Pacing::Recorded(speed.unwrap_or(1.0)),
     };
-    // Read before sending: a source that cannot be read stops the replay before it starts.
-    let mut records = Vec::new();
-    let mut skipped = 0u64;
-    for source in &args.sources {
-        match Source::of(source, &args) {
-            Ok(source) => match source.read().await {
-                Ok((mut read, bad_lines)) => {
-                    records.append(&mut read);
-                    skipped += bad_lines;
-                }
+    // Every source is checked first: one that cannot be opened stops the replay before
+    // anything is sent.
+    let mut sources = Vec::new();
+    for path in &args.sources {
+        match Source::of(path, &args) {
+            Ok(source) => match source.check() {
+                Ok(()) => sources.push(source),
                 Err(error) => return bad(format!("{}: {error}", source.name())),
             },
             Err(error) => return bad(error),
         }
     }
+    let sources = Arc::new(sources);
+    let skipped = Arc::new(AtomicU64::new(0));
     let https = tower_mirror::client::tls::connector(tower_mirror::client::tls::client_config(
         tower_mirror::client::tls::webpki_roots(),
     ));
@@ -178,11 +177,18 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
     let tally = Arc::new(Tally::default());
     let permits = Arc::new(Semaphore::new(args.concurrency));
     let started = Instant::now();
-    let progress = progress_bar(records.len() as u64 * u64::from(args.loops));
+    let progress = progress_bar();
     let mut next_at = tokio::time::Instant::now();
-    for _ in 0..args.loops {
-        let first = records.first().map(|r| r.time);
-        for record in &records {
+    let mut read_error = None;
+    'loops: for _ in 0..args.loops {
+        // Records stream in through a bounded queue: memory holds at most its length of
+        // them, whatever the recording's size.
+        let (records, mut queue) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let reader = tokio::spawn(feed(Arc::clone(&sources), records, Arc::clone(&skipped)));
+        let mut first = None;
+        while let Some(record) = queue.recv().await {
+            let record = &record;
+            let first = *first.get_or_insert(record.time);
             match pacing {
                 Pacing::Max => {}
                 Pacing::Every(every) => {
@@ -190,9 +196,7 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
                     next_at += every;
                 }
                 Pacing::Recorded(speed) => {
-                    let offset = first
-                        .and_then(|f| record.time.duration_since(f).ok())
-                        .unwrap_or_default();
+                    let offset = record.time.duration_since(first).unwrap_or_default();
                     tokio::time::sleep_until(next_at + offset.div_f64(speed)).await;
                 }
             }
@@ -259,6 +263,17 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
                 }
             });
         }
+        match reader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                read_error = Some(error);
+                break 'loops;
+            }
+            Err(panicked) => {
+                read_error = Some(format!("the reader failed: {panicked}"));
+                break 'loops;
+            }
+        }
         if let Pacing::Recorded(_) = pacing {
             next_at = tokio::time::Instant::now();
         }
@@ -266,6 +281,7 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
     // Every permit back: every request answered or failed.
     let _ = permits.acquire_many(args.concurrency as u32).await;
     progress.finish_and_clear();
+    let skipped = skipped.load(Relaxed);
     print_summary(&tally, started.elapsed(), skipped);
     if let Some(diff) = &diff {
         let report = diff.report();
@@ -277,18 +293,22 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
             }
         }
     }
-    ExitCode::SUCCESS
+    match read_error {
+        // What was read before the failure has been replayed and summarised above.
+        Some(error) => bad(error),
+        None => ExitCode::SUCCESS,
+    }
 }
 
-/// A bar on stderr while the replay runs, when stderr is a terminal (hidden otherwise, so
-/// that scripts and logs get only the summary): requests answered or failed of `total`, the
-/// rate, and the time left.
-fn progress_bar(total: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(total);
+/// A line on stderr while the replay runs, when stderr is a terminal (hidden otherwise, so
+/// that scripts and logs get only the summary): the time, the requests done (answered or
+/// failed) and the rate. The recording streams in, so its length is not known ahead.
+fn progress_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::no_length();
     if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} {per_sec} (eta {eta})",
+        "{spinner} {elapsed_precise} {human_pos} requests done, {per_sec}",
     ) {
-        bar.set_style(style.progress_chars("=> "));
+        bar.set_style(style);
     }
     bar
 }
@@ -389,15 +409,15 @@ fn print_comparison(tally: &Tally, report: &tower_mirror::diff::DiffReport) {
 }
 
 /// Where recorded requests come from: a file, or (feature `kafka`) a topic.
-enum Source<'a> {
-    File(&'a Path),
+enum Source {
+    File(PathBuf),
     #[cfg(feature = "kafka")]
     Kafka(crate::replay_kafka::KafkaSource),
 }
 
-impl<'a> Source<'a> {
+impl Source {
     /// The source `path` names, with the flags that apply to it; the error is for the user.
-    fn of(path: &'a Path, args: &ReplayArgs) -> Result<Self, String> {
+    fn of(path: &Path, args: &ReplayArgs) -> Result<Self, String> {
         let kafka = path.to_str().filter(|p| {
             p.get(..8)
                 .is_some_and(|s| s.eq_ignore_ascii_case("kafka://"))
@@ -415,7 +435,7 @@ impl<'a> Source<'a> {
                     path.display()
                 ));
             }
-            return Ok(Self::File(path));
+            return Ok(Self::File(path.to_owned()));
         };
         #[cfg(feature = "kafka")]
         {
@@ -437,19 +457,74 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// Its records, in order, and how many entries were not records.
-    async fn read(&self) -> Result<(Vec<Recorded>, u64), String> {
+    /// Whether it can be read: a file opens (a topic is checked when read).
+    fn check(&self) -> Result<(), String> {
         match self {
-            Self::File(path) => read(path).map_err(|e| e.to_string()),
+            Self::File(path) => std::fs::File::open(path)
+                .map(drop)
+                .map_err(|e| e.to_string()),
             #[cfg(feature = "kafka")]
-            Self::Kafka(source) => source.read().await,
+            Self::Kafka(_) => Ok(()),
+        }
+    }
+
+    /// Sends its records, in order, into `records`; counts the entries that are not records
+    /// in `skipped`. Stops early, without error, when the receiver is gone.
+    async fn read_into(
+        &self,
+        records: &tokio::sync::mpsc::Sender<Recorded>,
+        skipped: &AtomicU64,
+    ) -> Result<(), String> {
+        match self {
+            Self::File(path) => {
+                let (path, records) = (path.clone(), records.clone());
+                let skipped_here = tokio::task::spawn_blocking(move || stream(&path, &records))
+                    .await
+                    .map_err(|e| format!("the reader failed: {e}"))?
+                    .map_err(|e| e.to_string())?;
+                skipped.fetch_add(skipped_here, Relaxed);
+                Ok(())
+            }
+            // A topic's partitions are merged into capture order in memory (replay_kafka.rs).
+            #[cfg(feature = "kafka")]
+            Self::Kafka(source) => {
+                let (read, bad) = source.read().await?;
+                skipped.fetch_add(bad, Relaxed);
+                for record in read {
+                    if records.send(record).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }
 
-/// The records of one file, and how many lines (or GoReplay messages) were not records. A
-/// name ending in `.gor` (or `.gor.gz`) is read as GoReplay's format ([`crate::gor`]).
-fn read(path: &Path) -> std::io::Result<(Vec<Recorded>, u64)> {
+/// How many records may wait between the reader and the sender: the replay's memory for
+/// records, whatever the recording's size.
+const READ_AHEAD: usize = 4096;
+
+/// Reads `sources` in order into `records`, counting what is not a record in `skipped`; the
+/// first source that fails to read ends it with its error.
+async fn feed(
+    sources: Arc<Vec<Source>>,
+    records: tokio::sync::mpsc::Sender<Recorded>,
+    skipped: Arc<AtomicU64>,
+) -> Result<(), String> {
+    for source in sources.iter() {
+        source
+            .read_into(&records, &skipped)
+            .await
+            .map_err(|error| format!("{}: {error}", source.name()))?;
+    }
+    Ok(())
+}
+
+/// Streams one file's records into `records` (blocking: run it on a blocking thread), and
+/// returns how many lines (or GoReplay messages) were not records. A name ending in `.gor`
+/// (or `.gor.gz`) is read as GoReplay's format ([`crate::gor`]), whole.
+fn stream(path: &Path, records: &tokio::sync::mpsc::Sender<Recorded>) -> std::io::Result<u64> {
     let file = std::fs::File::open(path)?;
     let name = path.to_string_lossy();
     let gzip = name.ends_with(".gz");
@@ -461,9 +536,14 @@ fn read(path: &Path) -> std::io::Result<(Vec<Recorded>, u64)> {
     if name.trim_end_matches(".gz").ends_with(".gor") {
         let mut data = Vec::new();
         std::io::Read::read_to_end(&mut reader, &mut data)?;
-        return Ok(crate::gor::parse(&data));
+        let (read, skipped) = crate::gor::parse(&data);
+        for record in read {
+            if records.blocking_send(record).is_err() {
+                break;
+            }
+        }
+        return Ok(skipped);
     }
-    let mut records = Vec::new();
     let mut skipped = 0;
     for line in reader.lines() {
         let line = line?;
@@ -472,11 +552,15 @@ fn read(path: &Path) -> std::io::Result<(Vec<Recorded>, u64)> {
         }
         // A line cut by a crash or a failed write is skipped, as the format says.
         match Recorded::parse(&line) {
-            Ok(record) => records.push(record),
+            Ok(record) => {
+                if records.blocking_send(record).is_err() {
+                    break;
+                }
+            }
             Err(_) => skipped += 1,
         }
     }
-    Ok((records, skipped))
+    Ok(skipped)
 }
 
 /// The request to send for `record`: its method, path and query joined onto `base`, its

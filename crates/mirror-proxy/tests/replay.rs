@@ -319,3 +319,30 @@ async fn a_goreplay_capture_is_replayed_and_compared_with_its_original_responses
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_fails_part_way_is_replayed_up_to_the_failure_then_exits_2() {
+    let dir = TempDir::new();
+    let plain = record(&dir, "").await;
+    // A gzip file whose second member is garbage: the records before it stream out and are
+    // sent, then reading fails.
+    let gz = dir.path().join("broken.ndjson.gz");
+    {
+        let mut encoder = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz).unwrap(),
+            flate2::Compression::default(),
+        );
+        encoder.write_all(&std::fs::read(&plain).unwrap()).unwrap();
+        let mut file = encoder.finish().unwrap();
+        file.write_all(b"\x1f\x8b\x08\x00garbage that is not deflate")
+            .unwrap();
+    }
+    let target = Server::shadow().await;
+    let (status, stdout, stderr) =
+        run_to_exit(&["replay", gz.to_str().unwrap(), "--to", &target.url, "--max"]).await;
+    assert_eq!(status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stdout.contains("replayed 3 requests"), "{stdout}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("broken.ndjson.gz"), "{stderr}");
+    assert_eq!(target.wait_for(3).await.len(), 3);
+}
