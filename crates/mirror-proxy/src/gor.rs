@@ -157,9 +157,10 @@ fn body(rest: &[u8], chunked: bool) -> Option<Bytes> {
         return Some(Bytes::copy_from_slice(rest));
     }
     let mut out = Vec::with_capacity(rest.len());
-    let mut at = 0;
+    let mut at: usize = 0;
+    // A capture cut anywhere is not a body: every index is checked, nothing panics.
     loop {
-        let line_end = at + find(&rest[at..], b"\r\n")?;
+        let line_end = at.checked_add(find(rest.get(at..)?, b"\r\n")?)?;
         let size_text = std::str::from_utf8(&rest[at..line_end]).ok()?;
         let size_text = size_text.split(';').next()?.trim();
         let size = usize::from_str_radix(size_text, 16).ok()?;
@@ -168,8 +169,9 @@ fn body(rest: &[u8], chunked: bool) -> Option<Bytes> {
             // Trailers, if any, are not replayed.
             return Some(Bytes::from(out));
         }
-        out.extend_from_slice(rest.get(at..at + size)?);
-        at += size + 2;
+        let end = at.checked_add(size)?;
+        out.extend_from_slice(rest.get(at..end)?);
+        at = end.checked_add(2)?;
     }
 }
 
@@ -265,6 +267,20 @@ mod tests {
             post.response.as_ref().unwrap().status,
             201,
             "a response read first"
+        );
+    }
+
+    #[test]
+    fn a_chunked_body_cut_anywhere_is_skipped_not_a_panic() {
+        let whole = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+        for end in 0..whole.len() {
+            let _ = body(&whole[..end], true);
+        }
+        assert_eq!(body(whole, true).as_deref(), Some(&b"hello world"[..]));
+        assert_eq!(
+            body(b"ffffffffffffffff\r\nx", true),
+            None,
+            "a size past the end"
         );
     }
 

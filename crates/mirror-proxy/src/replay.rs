@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Args;
-use http::{Request, header};
+use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -62,9 +62,11 @@ pub struct ReplayArgs {
     /// Send as fast as the target answers, `--concurrency` at a time.
     #[arg(long)]
     pub max: bool,
-    /// Requests in flight at most; a request due while all are busy waits for one.
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    pub concurrency: usize,
+    /// Requests in flight at most (1 to 65536); a request due while all are busy waits for
+    /// one.
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub concurrency: u32,
     /// Replay the whole recording this many times.
     #[arg(long = "loop", value_name = "N", default_value_t = 1)]
     pub loops: u32,
@@ -75,8 +77,9 @@ pub struct ReplayArgs {
     /// Also write the comparison report as an HTML page to this file (implies --compare).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// Compare by this config file's `[diff]` rules (ignored headers and fields).
-    #[arg(long, value_name = "FILE", requires = "compare")]
+    /// Compare by this config file's `[diff]` rules (ignored headers and fields); with
+    /// --compare or --report.
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 
@@ -127,10 +130,17 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
         Ok(base) => base,
         Err(error) => return bad(format!("--to {:?}: {error}", args.to)),
     };
-    if args.concurrency == 0 {
-        return bad("--concurrency must be at least 1".to_owned());
-    }
     let compare = args.compare || args.report.is_some();
+    if args.config.is_some() && !compare {
+        return bad("--config gives the comparison's rules: use it with --compare".to_owned());
+    }
+    // The report's file is checked now: a replay is not run only to lose its report.
+    if let Some(path) = &args.report
+        && let Err(error) = std::fs::write(path, "")
+    {
+        return bad(format!("--report {}: {error}", path.display()));
+    }
+    let mut compare_limit = 0;
     let diff = if compare {
         let options = match &args.config {
             Some(path) => match crate::config::diff_options_from(path) {
@@ -139,6 +149,8 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
             },
             None => tower_mirror::diff::DiffOptions::default(),
         };
+        // One byte more than the diff compares, so that a longer body shows as not compared.
+        compare_limit = options.max_body_bytes.saturating_add(1);
         match Diff::new(options) {
             Ok(diff) => Some(diff),
             Err(error) => return bad(format!("[diff]: {error}")),
@@ -175,7 +187,7 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
     ));
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
     let tally = Arc::new(Tally::default());
-    let permits = Arc::new(Semaphore::new(args.concurrency));
+    let permits = Arc::new(Semaphore::new(args.concurrency as usize));
     let started = Instant::now();
     let progress = progress_bar();
     let mut next_at = tokio::time::Instant::now();
@@ -229,7 +241,7 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
                             let class = usize::from(response.status().as_u16() / 100);
                             let latency = sent.elapsed();
                             let (head, body) = response.into_parts();
-                            let limit = comparison.as_ref().map_or(0, |_| COMPARE_BODY_LIMIT);
+                            let limit = comparison.as_ref().map_or(0, |_| compare_limit);
                             let Ok((body, complete)) = read_body(body, limit).await else {
                                 tally.errors.fetch_add(1, Relaxed);
                                 return;
@@ -279,7 +291,7 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
         }
     }
     // Every permit back: every request answered or failed.
-    let _ = permits.acquire_many(args.concurrency as u32).await;
+    let _ = permits.acquire_many(args.concurrency).await;
     progress.finish_and_clear();
     let skipped = skipped.load(Relaxed);
     print_summary(&tally, started.elapsed(), skipped);
@@ -289,7 +301,7 @@ pub async fn run(args: ReplayArgs) -> ExitCode {
         if let Some(path) = &args.report {
             let page = crate::diff_page::html(Some(&report), false);
             if let Err(error) = std::fs::write(path, page) {
-                eprintln!("mirror-proxy replay: --report {}: {error}", path.display());
+                return bad(format!("--report {}: {error}", path.display()));
             }
         }
     }
@@ -321,10 +333,6 @@ impl Drop for Done {
         self.0.inc(1);
     }
 }
-
-/// Bytes of a replayed response body kept for --compare: more than the diff compares
-/// (256 KiB by default, `[diff] max_body`), so that a longer body shows as not compared.
-const COMPARE_BODY_LIMIT: usize = 16 << 20;
 
 /// Reads `body` to its end, keeping at most `limit` bytes; true when they are all of it.
 async fn read_body(
@@ -545,13 +553,22 @@ fn stream(path: &Path, records: &tokio::sync::mpsc::Sender<Recorded>) -> std::io
         return Ok(skipped);
     }
     let mut skipped = 0;
-    for line in reader.lines() {
-        let line = line?;
+    let mut bytes = Vec::new();
+    loop {
+        bytes.clear();
+        if reader.read_until(b'\n', &mut bytes)? == 0 {
+            break;
+        }
+        // A line cut by a crash or a failed write is skipped, as the format says: one that
+        // is not even UTF-8 (cut inside a character) too.
+        let Ok(line) = std::str::from_utf8(&bytes) else {
+            skipped += 1;
+            continue;
+        };
         if line.trim().is_empty() {
             continue;
         }
-        // A line cut by a crash or a failed write is skipped, as the format says.
-        match Recorded::parse(&line) {
+        match Recorded::parse(line) {
             Ok(record) => {
                 if records.blocking_send(record).is_err() {
                     break;
@@ -564,13 +581,16 @@ fn stream(path: &Path, records: &tokio::sync::mpsc::Sender<Recorded>) -> std::io
 }
 
 /// The request to send for `record`: its method, path and query joined onto `base`, its
-/// headers (but `Host`, which the target's URL sets, and the framing, which the body sets),
-/// and its body.
+/// headers but those a mirror never copies (tower-mirror's `outbound::is_reserved`: `Host`,
+/// which the target's URL sets, the framing, which the body sets, hop-by-hop headers and
+/// those `Connection` names, `Expect`), and its body.
 fn build(record: &Recorded, base: &BaseUrl) -> Option<Request<Full<Bytes>>> {
     let uri = base.join(&record.uri)?;
+    let recorded: http::HeaderMap = record.headers.iter().cloned().collect();
+    let named = tower_mirror::outbound::hop::connection_options(&recorded);
     let mut request = Request::builder().method(record.method.clone()).uri(uri);
     for (name, value) in &record.headers {
-        if name != header::HOST && name != header::CONTENT_LENGTH {
+        if !tower_mirror::outbound::is_reserved(name) && !named.contains(name) {
             request = request.header(name, value);
         }
     }

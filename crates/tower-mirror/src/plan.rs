@@ -277,6 +277,14 @@ fn compile_admission(
     if let Some(redact) = &target.redact {
         redact.check().map_err(&invalid)?;
     }
+    // Only a file target records the primary's response (a Kafka record has no room for a
+    // cap of its own, and an HTTP target records nothing).
+    if target.record.response && (!target.is_recording() || target.is_kafka()) {
+        return Err(invalid((
+            "record_response",
+            "only for a file target (url = \"file:///…\")".to_owned(),
+        )));
+    }
     let filter = Filter::compile(&target.filter).map_err(&invalid)?;
     let sampler = match &target.sample_by {
         Some(key) => Sampler::by_key(key).map_err(|r| invalid(("sample_by", r)))?,

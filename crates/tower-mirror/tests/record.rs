@@ -329,6 +329,9 @@ async fn answered(layer: &MirrorLayer, n: usize, read_response: bool) {
             body(n, n * 37 % 3000),
             "the primary's body is untouched"
         );
+    } else {
+        // As hyper's servers do: a body already at its end is not polled, only asked.
+        let _ = http_body::Body::is_end_stream(response.body());
     }
 }
 
@@ -345,7 +348,8 @@ async fn the_primarys_response_is_recorded_with_its_request() {
     let layer = layer(recording);
     const REQUESTS: usize = 200;
     for n in 0..REQUESTS {
-        // Every tenth response is dropped unread: its record is written without one.
+        // Every tenth response is dropped unread: its record is written without one, unless
+        // its body is empty.
         answered(&layer, n, n % 10 != 0).await;
     }
     let stats = settled(&layer).await.targets.remove(0);
@@ -362,15 +366,17 @@ async fn the_primarys_response_is_recorded_with_its_request() {
             .map(|(_, v)| v.to_str().unwrap().parse().unwrap())
             .unwrap();
         assert!(seen.insert(n), "request {n} recorded twice");
+        // Request 0's body is empty: at its end from the start, so it has streamed even
+        // though nobody polls it (as hyper's servers never poll such a body).
+        let streamed = !n.is_multiple_of(10) || (n * 37).is_multiple_of(3000);
         let Some(response) = record.response else {
-            assert_eq!(
-                n % 10,
-                0,
+            assert!(
+                !streamed,
                 "request {n}: its response streamed, so it is recorded"
             );
             continue;
         };
-        assert_ne!(n % 10, 0, "request {n}: its response never streamed");
+        assert!(streamed, "request {n}: its response never streamed");
         assert_eq!(response.status, 201);
         let answer = response.headers.iter().find(|(name, _)| name == "x-answer");
         assert_eq!(answer.unwrap().1, n.to_string().as_str(), "request {n}");

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -28,13 +29,18 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
-        tap: Option<Box<dyn Tap>>,
+        // A lock only so that `is_end_stream(&self)` can end it (uncontended: one atomic
+        // operation, and `poll_frame` reaches it with `get_mut`, none).
+        tap: Mutex<Option<Box<dyn Tap>>>,
     }
 }
 
 impl<B> ResponseBody<B> {
     pub(crate) fn new(inner: B) -> Self {
-        Self { inner, tap: None }
+        Self {
+            inner,
+            tap: Mutex::new(None),
+        }
     }
 
     /// The inner service's body.
@@ -50,7 +56,7 @@ impl<B> ResponseBody<B> {
     pub(crate) fn tapped(inner: B, tap: Box<dyn Tap>) -> Self {
         Self {
             inner,
-            tap: Some(tap),
+            tap: Mutex::new(Some(tap)),
         }
     }
 }
@@ -68,7 +74,8 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let mut this = self.project();
         let polled = ready!(this.inner.as_mut().poll_frame(cx));
-        if let Some(tap) = this.tap.as_mut() {
+        let tap_slot = this.tap.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tap) = tap_slot.as_mut() {
             let finished = match &polled {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
@@ -78,12 +85,12 @@ where
                 }
                 // A failed body is not observed: drop the tap unreported.
                 Some(Err(_)) => {
-                    *this.tap = None;
+                    *tap_slot = None;
                     false
                 }
                 None => true,
             };
-            if finished && let Some(tap) = this.tap.take() {
+            if finished && let Some(tap) = tap_slot.take() {
                 tap.end();
             }
         }
@@ -91,7 +98,16 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let end = self.inner.is_end_stream();
+        // A body at its end from the start (204, 304, HEAD, an empty one) is never polled by
+        // hyper's servers, which ask this instead: it has streamed, so the tap ends here.
+        if end
+            && let Ok(mut tap) = self.tap.try_lock()
+            && let Some(tap) = tap.take()
+        {
+            tap.end();
+        }
+        end
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -103,7 +119,10 @@ impl<B: fmt::Debug> fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseBody")
             .field("inner", &self.inner)
-            .field("observed", &self.tap.is_some())
+            .field(
+                "observed",
+                &self.tap.try_lock().map_or(true, |tap| tap.is_some()),
+            )
             .finish()
     }
 }

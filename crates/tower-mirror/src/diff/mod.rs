@@ -585,19 +585,30 @@ impl DiffEngine {
 /// placeholders, so that a report shows no more than the target received.
 fn redact_values(redact: &crate::redact::Redact, found: &mut [Difference]) {
     for difference in found {
-        let redacted = match difference.part {
-            Part::Status => false,
-            Part::Header => HeaderName::from_bytes(difference.path.as_bytes())
-                .is_ok_and(|name| redact.redacts_header(&name)),
-            Part::Body => crate::pointer::segments(&difference.path)
-                .is_some_and(|path| redact.redacts_field(&path)),
+        let path = match difference.part {
+            Part::Status => continue,
+            Part::Header => {
+                if HeaderName::from_bytes(difference.path.as_bytes())
+                    .is_ok_and(|name| redact.redacts_header(&name))
+                {
+                    for text in [&mut difference.primary, &mut difference.shadow]
+                        .into_iter()
+                        .flatten()
+                    {
+                        *text = redact.placeholder(text.as_bytes());
+                    }
+                }
+                continue;
+            }
+            // A whole body compared as text is the root: any redacted field may be in it.
+            Part::Body => crate::pointer::segments(&difference.path).unwrap_or_default(),
         };
-        if redacted {
-            for text in [&mut difference.primary, &mut difference.shadow]
-                .into_iter()
-                .flatten()
-            {
-                *text = redact.placeholder(text.as_bytes());
+        for text in [&mut difference.primary, &mut difference.shadow]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(shown) = redact.shown_field(&path, text) {
+                *text = shown;
             }
         }
     }

@@ -13,6 +13,7 @@ use crate::error::MirrorError;
 use crate::observe::Observation;
 use crate::outbound::request::{self, RequestSnapshot};
 use crate::plan::{Plan, TargetRuntime};
+use crate::redact::Redacted;
 use crate::response::MirrorResponse;
 
 use super::exchange::exchange;
@@ -87,25 +88,23 @@ pub(super) async fn mirror_one(
     let name = target.name();
     let redact = target.spec.redact.as_ref();
     // The body first, so that the request is built with the redacted body's length.
-    let body = match redact {
-        Some(redact) => redact
-            .json_body(snapshot.headers(), body.chunks())
-            .map_or(body, MirrorBody::from),
-        None => body,
+    let body = match redact.map(|r| r.body(snapshot.headers(), body.chunks())) {
+        None | Some(Redacted::Keep) => body,
+        Some(Redacted::Replace(bytes)) => MirrorBody::from(bytes),
+        Some(Redacted::Withhold) => MirrorBody::empty(),
     };
-    let built = target
-        .rules
-        .as_ref()
-        .and_then(|rules| request::build(snapshot, rules, body))
-        .map(|mut request| {
-            if let Some(redact) = redact {
-                redact.headers(request.headers_mut());
-                if let Some(uri) = redact.uri(request.uri()) {
-                    *request.uri_mut() = uri;
-                }
+    let built = target.rules.as_ref().and_then(|rules| {
+        let mut request = request::build(snapshot, rules, body)?;
+        if let Some(redact) = redact {
+            // The original's values only: a header the target itself sets is its own.
+            let set = |name: &http::HeaderName| rules.set_headers.iter().any(|(n, _)| n == name);
+            redact.headers_except(request.headers_mut(), set);
+            if let Some(uri) = redact.uri(request.uri()) {
+                *request.uri_mut() = uri;
             }
-            request
-        });
+        }
+        Some(request)
+    });
     let Some(request) = built else {
         // Eligibility lets only origin-form paths through, so this is a request target that
         // fits a URI but not with the base's path in front of it, or a rewrite gone wrong.

@@ -8,6 +8,6 @@ pub(crate) mod request;
 pub(crate) mod trace;
 mod uri;
 
-pub use request::X_MIRRORED_FROM;
+pub use request::{X_MIRRORED_FROM, is_reserved};
 pub use trace::{TRACEPARENT, TRACESTATE, TraceContext};
 pub use uri::{BaseUrl, InvalidUrl};

@@ -89,8 +89,9 @@ impl RequestSnapshot {
 /// Headers a mirror never copies from the original: the hop-by-hop ones
 /// ([`hop::HOP_BY_HOP`]), those the mirror replaces with its own (`Host`, `Content-Length`,
 /// `X-Mirrored-From`), and `Expect`, whose `100-continue` handshake belongs to the original
-/// client. A target's header rules may not name them either.
-pub(crate) fn is_reserved(name: &HeaderName) -> bool {
+/// client. A target's header rules may not name them either; mirror-proxy's `replay` leaves
+/// them out of what it sends for the same reasons.
+pub fn is_reserved(name: &HeaderName) -> bool {
     hop::is_hop_by_hop(name)
         || matches!(
             name.as_str(),

@@ -9,7 +9,7 @@ use http::uri::{PathAndQuery, Uri};
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::Redact;
+use super::{Redact, Redacted};
 
 impl Redact {
     /// `redacted:` and the first 64 bits of HMAC-SHA-256 of `value` under the key, in hex.
@@ -52,7 +52,16 @@ impl Redact {
 
     /// Redacts the values of the redacted headers in `headers`, in place.
     pub(crate) fn headers(&self, headers: &mut HeaderMap) {
-        for name in &self.0.headers {
+        self.headers_except(headers, |_| false);
+    }
+
+    /// [`headers`](Self::headers), but for the names `keep` says to leave alone.
+    pub(crate) fn headers_except(
+        &self,
+        headers: &mut HeaderMap,
+        keep: impl Fn(&HeaderName) -> bool,
+    ) {
+        for name in self.0.headers.iter().filter(|name| !keep(name)) {
             if let header::Entry::Occupied(mut entry) = headers.entry(name) {
                 for value in entry.iter_mut() {
                     if let Some(redacted) = self.header_value(name, value) {
@@ -102,33 +111,58 @@ impl Redact {
         self.uri(&uri).map(|uri| uri.to_string())
     }
 
-    /// Whether a body with `headers` is searched for fields to redact: JSON, and fields are
-    /// named.
-    pub(crate) fn redacts_json(&self, headers: &HeaderMap) -> bool {
-        !self.0.json_pointers.is_empty() && is_json(headers)
+    /// Whether a body with `headers` and bytes `chunks` is searched for fields to redact:
+    /// fields are named, and it is JSON by its `Content-Type` (any type naming `json`) or, with
+    /// none, by its first byte (`{` or `[`), as the diff decides.
+    pub(crate) fn redacts_json(&self, headers: &HeaderMap, chunks: &[Bytes]) -> bool {
+        !self.0.json_pointers.is_empty() && is_json(headers, chunks)
     }
 
-    /// The body whose bytes are `chunks`, with its redacted fields replaced, when `headers`
-    /// say it is JSON and one is there; `None` otherwise (then it goes unchanged).
-    pub(crate) fn json_body(&self, headers: &HeaderMap, chunks: &[Bytes]) -> Option<Bytes> {
-        if !self.redacts_json(headers) {
-            return None;
+    /// What becomes of a body with `headers` whose bytes are `chunks`: kept when no field can
+    /// be in it; its redacted fields replaced; or withheld when it should be searched but
+    /// cannot be (content-encoded, or not parseable JSON): never sent in clear.
+    pub(crate) fn body(&self, headers: &HeaderMap, chunks: &[Bytes]) -> Redacted {
+        if !self.redacts_json(headers, chunks) {
+            return Redacted::Keep;
+        }
+        let encoded = headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if encoded {
+            return Redacted::Withhold;
         }
         let joined;
         let body: &[u8] = match chunks {
-            [] => &[],
+            [] => return Redacted::Keep,
             [one] => one,
             many => {
                 joined = many.concat();
                 &joined
             }
         };
-        let mut value: Value = serde_json::from_slice(body).ok()?;
+        let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
+            return Redacted::Withhold;
+        };
         let mut path = Vec::new();
         if !self.redact_value(&mut value, &mut path) {
-            return None;
+            return Redacted::Keep;
         }
-        serde_json::to_vec(&value).ok().map(Bytes::from)
+        match serde_json::to_vec(&value) {
+            Ok(bytes) => Redacted::Replace(Bytes::from(bytes)),
+            Err(_) => Redacted::Withhold,
+        }
+    }
+
+    /// A value shown in a report for the body field at `path` (its segments): a
+    /// placeholder when a redacted field is there, in it or under it, the value unchanged
+    /// otherwise.
+    pub(crate) fn shown_field(&self, path: &[String], value: &str) -> Option<String> {
+        let hidden = self
+            .0
+            .json_pointers
+            .iter()
+            .any(|(_, p)| p.covers(path) || p.may_match_below(path));
+        hidden.then(|| self.placeholder(value.as_bytes()))
     }
 
     /// Replaces the redacted fields at or under `path`; true if any was.
@@ -168,19 +202,20 @@ impl Redact {
     }
 }
 
-/// `application/json` or any `+json` type (RFC 6839 §3.1), parameters aside.
-fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return false;
-    };
-    let Ok(text) = value.to_str() else {
-        return false;
-    };
-    let essence = text.split(';').next().unwrap_or("").trim();
-    essence.eq_ignore_ascii_case("application/json")
-        || essence
-            .rsplit_once('+')
-            .is_some_and(|(_, suffix)| suffix.eq_ignore_ascii_case("json"))
+/// JSON by its `Content-Type` (`application/json`, `+json` types (RFC 6839 §3.1),
+/// `text/json`: any naming `json`), or, without one, by a first byte of `{` or `[`.
+fn is_json(headers: &HeaderMap, chunks: &[Bytes]) -> bool {
+    match headers.get(header::CONTENT_TYPE) {
+        Some(value) => value
+            .as_bytes()
+            .windows(4)
+            .any(|w| w.eq_ignore_ascii_case(b"json")),
+        None => chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| matches!(b, b'{' | b'[')),
+    }
 }
 
 #[cfg(test)]
@@ -243,36 +278,43 @@ mod tests {
             "application/vnd.api+json; charset=utf-8".parse().unwrap(),
         );
         let body = br#"{"user":{"email":"ada@example.com","name":"Ada"},"cards":[{"number":4111},{"number":"5500"}],"email":"kept"}"#;
-        let redacted = r.json_body(&headers, &[Bytes::from_static(body)]).unwrap();
-        // Fields keep their order (serde_json's `preserve_order`): user, cards, email.
-        let text = std::str::from_utf8(&redacted).unwrap();
-        let at = |key: &str| text.find(key).unwrap();
-        assert!(
-            at("\"user\"") < at("\"cards\"") && at("\"cards\"") < at("\"kept\""),
-            "{text}"
-        );
+        let Redacted::Replace(redacted) = r.body(&headers, &[Bytes::from_static(body)]) else {
+            panic!("a JSON body with redacted fields is replaced");
+        };
         let out: Value = serde_json::from_slice(&redacted).unwrap();
         assert_eq!(out["user"]["email"], r.placeholder(br#""ada@example.com""#));
         assert_eq!(out["user"]["name"], "Ada");
         assert_eq!(out["cards"][0]["number"], r.placeholder(b"4111"));
         assert_eq!(out["cards"][1]["number"], r.placeholder(br#""5500""#));
         assert_eq!(out["email"], "kept");
-        // Not JSON by its type, not JSON at all, or nothing to redact: unchanged.
         let whole = [Bytes::from_static(body)];
-        assert!(r.json_body(&HeaderMap::new(), &whole).is_none());
-        assert!(
-            r.json_body(&headers, &[Bytes::from_static(b"{not json")])
-                .is_none()
-        );
+        // JSON without a Content-Type, by its first byte: searched too.
+        assert!(matches!(
+            r.body(&HeaderMap::new(), &whole),
+            Redacted::Replace(_)
+        ));
+        // Not JSON, or nothing to redact: unchanged.
+        let mut text = HeaderMap::new();
+        text.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        assert!(matches!(r.body(&text, &whole), Redacted::Keep));
         let nothing = Bytes::from_static(br#"{"user":{"name":"Ada"}}"#);
-        assert!(r.json_body(&headers, &[nothing]).is_none());
+        assert!(matches!(r.body(&headers, &[nothing]), Redacted::Keep));
+        // JSON that cannot be searched is withheld, never sent in clear: it does not parse,
+        // or it is content-encoded (gzip).
+        let broken = [Bytes::from_static(b"{\"user\":{\"email\":\"ada@x")];
+        assert!(matches!(r.body(&headers, &broken), Redacted::Withhold));
+        let mut gzip = headers.clone();
+        gzip.insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        assert!(matches!(r.body(&gzip, &whole), Redacted::Withhold));
         // A body in several chunks is one document.
         let (a, b) = body.split_at(20);
         let chunks = [Bytes::from_static(a), Bytes::from_static(b)];
-        assert_eq!(
-            r.json_body(&headers, &chunks),
-            r.json_body(&headers, &whole)
-        );
+        let (Redacted::Replace(split), Redacted::Replace(one)) =
+            (r.body(&headers, &chunks), r.body(&headers, &whole))
+        else {
+            panic!("both replaced");
+        };
+        assert_eq!(split, one);
     }
 
     #[test]

@@ -16,6 +16,18 @@ use http::HeaderName;
 
 use crate::pointer::Pattern;
 
+/// What becomes of a body under redaction.
+#[cfg_attr(not(feature = "redact"), allow(dead_code))]
+pub(crate) enum Redacted {
+    /// No redacted field can be in it: sent or written as it is.
+    Keep,
+    /// These bytes instead: its redacted fields replaced.
+    Replace(bytes::Bytes),
+    /// Fields might be in it but it cannot be searched (content-encoded, not parseable):
+    /// left out, never sent in clear.
+    Withhold,
+}
+
 /// Which values of a target's mirrors are replaced by a keyed hash before they leave the
 /// process: header values by name, query parameters by name, and JSON body fields by JSON
 /// pointer pattern (`/user/email`, `/cards/*/number`: `*` is any one segment, the syntax of
@@ -32,8 +44,11 @@ use crate::pointer::Pattern;
 /// without the key it cannot be reversed or confirmed by guessing. A JSON field's value is
 /// hashed as its compact JSON text (a string with its quotes) and replaced by the
 /// placeholder as a JSON string, whatever its type; a matched object or array is replaced
-/// whole. A body is treated as JSON when its `Content-Type` is `application/json` or ends in
-/// `+json`; a JSON body that does not parse is sent unchanged (it has no fields to find).
+/// whole. A body is searched when its `Content-Type` names `json` (`application/json`,
+/// `+json` types, `text/json`) or, without one, when it starts with `{` or `[`. A body that
+/// should be searched but cannot be, because it is content-encoded (gzip) or does not parse,
+/// is withheld: an HTTP target gets the request with an empty body, a record marks the body
+/// `truncated` with no bytes. Nothing is sent in clear for want of a parse.
 ///
 /// **The key** should be at least 32 random bytes kept like a password: anyone with it can
 /// confirm a guessed value. Keep it the same across processes and restarts for placeholders
@@ -183,10 +198,6 @@ impl Redact {
         false
     }
 
-    pub(crate) fn redacts_field(&self, _path: &[String]) -> bool {
-        false
-    }
-
     pub(crate) fn header_value(
         &self,
         _name: &HeaderName,
@@ -197,8 +208,27 @@ impl Redact {
 
     pub(crate) fn headers(&self, _headers: &mut http::HeaderMap) {}
 
-    pub(crate) fn redacts_json(&self, _headers: &http::HeaderMap) -> bool {
+    pub(crate) fn headers_except(
+        &self,
+        _headers: &mut http::HeaderMap,
+        _keep: impl Fn(&HeaderName) -> bool,
+    ) {
+    }
+
+    pub(crate) fn redacts_json(
+        &self,
+        _headers: &http::HeaderMap,
+        _chunks: &[bytes::Bytes],
+    ) -> bool {
         false
+    }
+
+    pub(crate) fn body(&self, _headers: &http::HeaderMap, _chunks: &[bytes::Bytes]) -> Redacted {
+        Redacted::Keep
+    }
+
+    pub(crate) fn shown_field(&self, _path: &[String], _value: &str) -> Option<String> {
+        None
     }
 
     pub(crate) fn uri(&self, _uri: &http::Uri) -> Option<http::Uri> {
@@ -206,14 +236,6 @@ impl Redact {
     }
 
     pub(crate) fn path_and_query(&self, _text: &str) -> Option<String> {
-        None
-    }
-
-    pub(crate) fn json_body(
-        &self,
-        _headers: &http::HeaderMap,
-        _chunks: &[bytes::Bytes],
-    ) -> Option<bytes::Bytes> {
         None
     }
 }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Version};
 
 use super::{Record, process_nonce};
+use crate::redact::Redacted;
 
 /// The format version written in every record's `v`: the one `record` reads.
 const VERSION: u64 = super::FORMAT_VERSION;
@@ -58,13 +59,13 @@ pub(super) fn encode(
         Some(payload) => (&payload.chunks[..], payload.len),
         None => (&[][..], 0),
     };
-    let redacted = redact.and_then(|r| r.json_body(snapshot.headers(), chunks));
-    match redacted {
-        Some(redacted) => {
+    match redact.map(|r| r.body(snapshot.headers(), chunks)) {
+        None | Some(Redacted::Keep) => body(out, chunks, length, max_body),
+        Some(Redacted::Replace(redacted)) => {
             let length = redacted.len() as u64;
             body(out, &[redacted], length, max_body);
         }
-        None => body(out, chunks, length, max_body),
+        Some(Redacted::Withhold) => body(out, &[], length, Some(0)),
     }
     if let Some(response) = &record.response {
         let _ = write!(
@@ -81,21 +82,21 @@ pub(super) fn encode(
         out.extend_from_slice(b",\"body\":");
         // The tap kept at most the largest limit of the request's observers: cut to ours.
         let max = Some(max_response_body);
-        let complete = response.complete;
-        match redact {
-            // Only a whole JSON document can be searched for the fields to redact: a body
-            // cut short whose fields might be redacted is withheld, not written in clear.
-            Some(r) if !complete && r.redacts_json(&response.headers) => {
-                body(out, &[], response.length, Some(0));
+        let redacted = redact.map(|r| {
+            // Only a whole document can be searched: a body cut short is withheld.
+            if !response.complete && r.redacts_json(&response.headers, &response.body) {
+                Redacted::Withhold
+            } else {
+                r.body(&response.headers, &response.body)
             }
-            Some(r) => match r.json_body(&response.headers, &response.body) {
-                Some(redacted) => {
-                    let length = redacted.len() as u64;
-                    body(out, &[redacted], length, max);
-                }
-                None => body(out, &response.body, response.length, max),
-            },
-            None => body(out, &response.body, response.length, max),
+        });
+        match redacted {
+            None | Some(Redacted::Keep) => body(out, &response.body, response.length, max),
+            Some(Redacted::Replace(redacted)) => {
+                let length = redacted.len() as u64;
+                body(out, &[redacted], length, max);
+            }
+            Some(Redacted::Withhold) => body(out, &[], response.length, Some(0)),
         }
         out.push(b'}');
     }

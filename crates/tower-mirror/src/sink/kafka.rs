@@ -101,11 +101,17 @@ impl Pending {
             max_body,
             crate::target::RecordFile::DEFAULT_MAX_RESPONSE_BODY_BYTES,
         );
-        let key = record.key.take().unwrap_or_else(|| {
-            let mut id = Vec::with_capacity(40);
-            format::write_id(&mut id, &record);
-            id
-        });
+        let key = match (record.key.take(), &record.redact) {
+            // The sampling key may be a credential or a user id: with any redaction, the key
+            // is its placeholder (the same value, the same placeholder: the same partition).
+            (Some(key), Some(redact)) => redact.placeholder(&key).into_bytes(),
+            (Some(key), None) => key,
+            (None, _) => {
+                let mut id = Vec::with_capacity(40);
+                format::write_id(&mut id, &record);
+                id
+            }
+        };
         let Record { time, settle, .. } = record;
         Self {
             record: rskafka::record::Record {
