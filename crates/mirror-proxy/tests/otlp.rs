@@ -169,6 +169,7 @@ async fn spans_of_upstream_and_mirror_exchanges_reach_an_otlp_receiver() {
         ("mirror.target", shadow.url.as_str()),
         ("mirror.outcome", "responded"),
         ("http.request.method", "GET"),
+        ("http.route", "/traced/{id}"),
         ("http.response.status_code", "202"),
     ];
     for (key, value) in expected {

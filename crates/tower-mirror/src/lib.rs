@@ -116,6 +116,7 @@ pub mod observe;
 mod pointer;
 mod redact;
 mod response;
+mod route;
 mod sink;
 mod stats;
 

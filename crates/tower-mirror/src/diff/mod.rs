@@ -50,7 +50,6 @@
 mod compare;
 mod json;
 mod report;
-mod route;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -359,7 +358,7 @@ impl Diff {
         shadow: CapturedResponse,
     ) {
         let request = RequestInfo {
-            route: route::route(method, uri.path()),
+            route: crate::route::route(method, uri.path()),
             method: method.clone(),
             uri: uri.clone(),
         };
@@ -652,7 +651,7 @@ impl DiffCell {
     fn new(engine: Arc<DiffEngine>, method: &Method, uri: &Uri) -> Arc<Self> {
         Arc::new(Self {
             request: Some(RequestInfo {
-                route: route::route(method, uri.path()),
+                route: crate::route::route(method, uri.path()),
                 method: method.clone(),
                 uri: uri.clone(),
             }),

@@ -126,6 +126,7 @@ pub(super) async fn mirror_one(
         mirror.target = name,
         http.request.method = %request.method(),
         url.path = request.uri().path(),
+        http.route = %crate::route::template(request.uri().path()),
         http.response.status_code = tracing::field::Empty,
         mirror.outcome = tracing::field::Empty,
     );

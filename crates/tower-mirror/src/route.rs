@@ -1,25 +1,38 @@
-//! Routes for the report: the method and the path with its identifiers folded, so that
-//! `/users/42` and `/users/7` count as one route, `GET /users/{id}`.
+//! Routes: the path with its identifiers folded, so that `/users/42` and `/users/7` are one
+//! route, `/users/{id}` — the diff report's grouping (with the method) and the mirror span's
+//! `http.route`.
 
 use http::Method;
 
 /// `METHOD /path/{id}`: numbers, UUIDs, long hex strings and long tokens mixing letters and
 /// digits become placeholders; the query is left out.
+#[cfg_attr(not(feature = "diff"), allow(dead_code))]
 pub(crate) fn route(method: &Method, path: &str) -> String {
     let mut route = String::with_capacity(method.as_str().len() + 1 + path.len());
     route.push_str(method.as_str());
     route.push(' ');
+    push_template(&mut route, path);
+    route
+}
+
+/// The path alone with its identifiers folded: `/users/{id}`.
+pub(crate) fn template(path: &str) -> String {
+    let mut template = String::with_capacity(path.len());
+    push_template(&mut template, path);
+    template
+}
+
+fn push_template(out: &mut String, path: &str) {
     if path.is_empty() {
-        route.push('/');
-        return route;
+        out.push('/');
+        return;
     }
     for (i, segment) in path.split('/').enumerate() {
         if i > 0 {
-            route.push('/');
+            out.push('/');
         }
-        route.push_str(placeholder(segment).unwrap_or(segment));
+        out.push_str(placeholder(segment).unwrap_or(segment));
     }
-    route
 }
 
 fn placeholder(segment: &str) -> Option<&'static str> {
