@@ -346,3 +346,58 @@ async fn a_source_that_fails_part_way_is_replayed_up_to_the_failure_then_exits_2
     assert!(stderr.contains("broken.ndjson.gz"), "{stderr}");
     assert_eq!(target.wait_for(3).await.len(), 3);
 }
+
+/// Responses without a body (a 204, the answer to a `HEAD`) are recorded too, through the
+/// real proxy, whose server never polls such a body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_primary_responses_are_recorded() {
+    let dir = TempDir::new();
+    let upstream = Server::upstream().await;
+    let file = dir.path().join("traffic.ndjson");
+    let config = dir.file(
+        "proxy.toml",
+        &format!(
+            "[[mirror]]\nname = \"recording\"\nurl = \"file://{}\"\nrecord_response = true\n",
+            file.display()
+        ),
+    );
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &upstream.url,
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .await;
+    let client = client();
+    let no_content = Request::get(proxy.url("/gone"))
+        .header("x-reply-status", "204")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(
+        send(&client, no_content).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let head = Request::head(proxy.url("/head"))
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(&client, head).await.status(), StatusCode::OK);
+    proxy
+        .wait_stats("two records written", |s| {
+            target_named(s, "recording")["responded"] == 2
+        })
+        .await;
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut statuses: Vec<(String, u16)> = text
+        .lines()
+        .map(|line| {
+            let record = tower_mirror::record::Recorded::parse(line).unwrap();
+            let status = record.response.expect("the response is recorded").status;
+            (record.uri.path().to_owned(), status.as_u16())
+        })
+        .collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [("/gone".to_owned(), 204), ("/head".to_owned(), 200)]
+    );
+}

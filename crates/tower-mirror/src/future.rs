@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use http::Response;
+use http::{Method, Response, StatusCode, header};
 use pin_project_lite::pin_project;
 
-use crate::body::ResponseBody;
+use crate::body::{ResponseBody, Tap};
 use crate::dispatch::PendingMirror;
 use crate::observe::{Observation, PrimaryTap};
 use crate::stats::SkipReason;
@@ -98,7 +98,12 @@ where
         Poll::Ready(result.map(|response| match observed {
             Some(observed) => {
                 let tap = PrimaryTap::new(observed.observations, observed.started, &response);
-                response.map(|body| ResponseBody::tapped(body, Box::new(tap)))
+                if bodiless(&response, observed.head) {
+                    Box::new(tap).end();
+                    response.map(ResponseBody::new)
+                } else {
+                    response.map(|body| ResponseBody::tapped(body, Box::new(tap)))
+                }
             }
             None => response.map(ResponseBody::new),
         }))
@@ -119,16 +124,33 @@ struct After {
 pub(crate) struct Observed {
     observations: Vec<Arc<dyn Observation>>,
     started: Instant,
+    /// The request was `HEAD`: its response has no body, whatever its headers say.
+    head: bool,
 }
 
 impl Observed {
     /// `None` when nothing observes the request.
-    pub(crate) fn new(observations: &[Arc<dyn Observation>]) -> Option<Self> {
+    pub(crate) fn new(observations: &[Arc<dyn Observation>], method: &Method) -> Option<Self> {
         (!observations.is_empty()).then(|| Self {
             observations: observations.to_vec(),
             started: Instant::now(),
+            head: method == Method::HEAD,
         })
     }
+}
+
+/// Whether `response` has no body by the protocol (RFC 9110 §6.4.1: a response to `HEAD`,
+/// 1xx, 204, 304) or by its `Content-Length: 0`. A server sends no body for it, and need not
+/// poll or even ask the body it was given, so its tap ends at once.
+fn bodiless<B>(response: &Response<B>, head: bool) -> bool {
+    let status = response.status();
+    head || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() == b"0")
 }
 
 impl<F: Future> fmt::Debug for ResponseFuture<F> {

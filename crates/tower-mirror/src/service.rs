@@ -134,7 +134,7 @@ where
         if let Some(join) = &join {
             observations.push(Arc::clone(join) as Arc<dyn Observation>);
         }
-        let observed = Observed::new(&observations);
+        let observed = Observed::new(&observations, head.method());
         let plan: Arc<Plan> = arc_swap::Guard::into_inner(plan);
         let pending = PendingMirror::new(
             Arc::clone(&plan),
