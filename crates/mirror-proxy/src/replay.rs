@@ -426,10 +426,10 @@ enum Source {
 impl Source {
     /// The source `path` names, with the flags that apply to it; the error is for the user.
     fn of(path: &Path, args: &ReplayArgs) -> Result<Self, String> {
-        let kafka = path.to_str().filter(|p| {
-            p.get(..8)
-                .is_some_and(|s| s.eq_ignore_ascii_case("kafka://"))
-        });
+        // The same scheme rule as a recording target's (tower-mirror's `Target::is_kafka`).
+        let kafka = path
+            .to_str()
+            .filter(|p| tower_mirror::Target::new(*p).is_kafka());
         let Some(url) = kafka else {
             let flags = [
                 ("--from-offset", args.from_offset.is_some()),
