@@ -25,7 +25,8 @@ use crate::telemetry::LatencyHistogram;
 /// Flags of `mirror-proxy replay`.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// Recording files, in order (`.gz` files are read through gzip), or Kafka topics
+    /// Recording files, in order (`.gz` files are read through gzip, `.gor` files as
+    /// GoReplay captures), or Kafka topics
     /// (`kafka://host:port/topic`: every record up to the end the topic had when the replay
     /// started).
     #[arg(value_name = "SOURCE", required = true)]
